@@ -1,0 +1,185 @@
+"""All configuration: read from environment variables here and nowhere else.
+
+``settings`` holds shardline's own options; the lowercase module attributes below it are
+Celery's settings, derived from ``settings``. Every variable, its default and its meaning
+is listed in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kombu import Queue
+
+from routing.queues import DEFAULT_QUEUE, WORKLOAD_QUEUES
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _embedded_redis_url(home: Path) -> str | None:
+    """URL of the private Redis server a running launcher wrote down, if any."""
+    try:
+        return (home / "redis.url").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def parse_shard_range(raw: str, shard_count: int) -> tuple[int, ...]:
+    """``"0-3"``, ``"5"`` or ``"0-1,4"`` -> the shard numbers; empty means every shard."""
+    if not raw.strip():
+        return tuple(range(shard_count))
+    shards: list[int] = []
+    for part in raw.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"SHARD_RANGE must look like '0-3' or '0,2', got {raw!r}") from None
+        if not 0 <= first <= last < shard_count:
+            raise ValueError(f"SHARD_RANGE {raw!r} is outside 0-{shard_count - 1}")
+        shards.extend(range(first, last + 1))
+    return tuple(sorted(set(shards)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    #: REDIS_URL exactly as given; None means "use the embedded server".
+    external_redis_url: str | None
+    #: The URL to use: REDIS_URL, else the one a running launcher wrote to ``home``.
+    redis_url: str | None
+    shard_count: int
+    shard_range: tuple[int, ...]
+    ai_handler: str
+    ai_latency_ms: int
+    ai_base_url: str
+    ai_model: str
+    ai_api_key: str
+    ai_timeout_s: float
+    messenger: str
+    telegram_bot_token: str
+    telegram_api_base: str
+    history_limit: int
+    max_payload_bytes: int
+    visibility_timeout_s: int
+    task_time_limit_s: int
+    workload_concurrency: int
+    redis_appendfsync: str
+    log_level: str
+    dedup_window_s: int
+    ordered_max_attempts: int
+    ordered_retry_base_s: float
+    ordered_retry_max_s: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(_str("SHARDLINE_HOME", ".shardline")).absolute()
+        shard_count = _int("SHARD_COUNT", 4)
+        if shard_count < 1:
+            raise ValueError(f"SHARD_COUNT must be >= 1, got {shard_count}")
+        visibility = _int("VISIBILITY_TIMEOUT_S", 7200)
+        time_limit = _int("TASK_TIME_LIMIT_S", 1800)
+        if time_limit >= visibility:
+            raise ValueError(
+                f"TASK_TIME_LIMIT_S ({time_limit}) must be below VISIBILITY_TIMEOUT_S "
+                f"({visibility}), or a healthy long task would be delivered twice"
+            )
+        fsync = _str("REDIS_APPENDFSYNC", "everysec")
+        if fsync not in ("everysec", "always", "no"):
+            raise ValueError(f"REDIS_APPENDFSYNC must be everysec, always or no, got {fsync!r}")
+        return cls(
+            home=home,
+            external_redis_url=os.environ.get("REDIS_URL") or None,
+            redis_url=os.environ.get("REDIS_URL") or _embedded_redis_url(home),
+            shard_count=shard_count,
+            shard_range=parse_shard_range(_str("SHARD_RANGE", ""), shard_count),
+            ai_handler=_str("AI_HANDLER", "services.ai.offline:OfflineResponder"),
+            ai_latency_ms=_int("AI_LATENCY_MS", 0),
+            ai_base_url=_str("AI_BASE_URL", "http://127.0.0.1:8080/v1"),
+            ai_model=_str("AI_MODEL", "local-model"),
+            ai_api_key=_str("AI_API_KEY", ""),
+            ai_timeout_s=_float("AI_TIMEOUT_S", 60.0),
+            messenger=_str("MESSENGER", "outbox"),
+            telegram_bot_token=_str("TELEGRAM_BOT_TOKEN", ""),
+            telegram_api_base=_str("TELEGRAM_API_BASE", "https://api.telegram.org"),
+            history_limit=_int("HISTORY_LIMIT", 50),
+            max_payload_bytes=_int("MAX_PAYLOAD_BYTES", 1024 * 1024),
+            visibility_timeout_s=visibility,
+            task_time_limit_s=time_limit,
+            workload_concurrency=_int("WORKLOAD_CONCURRENCY", 2),
+            redis_appendfsync=fsync,
+            log_level=_str("LOG_LEVEL", "INFO"),
+            dedup_window_s=_int("DEDUP_WINDOW_S", 24 * 3600),
+            ordered_max_attempts=max(_int("ORDERED_MAX_ATTEMPTS", 3), 1),
+            ordered_retry_base_s=_float("ORDERED_RETRY_BASE_S", 0.2),
+            ordered_retry_max_s=_float("ORDERED_RETRY_MAX_S", 10.0),
+        )
+
+
+settings = Settings.from_env()
+
+# A worker started without REDIS_URL and without a running launcher fails on this host name,
+# which says what is missing; the CLI checks first and prints how to fix it.
+NO_REDIS_CONFIGURED = "redis://set-REDIS_URL-or-run-shardline-run.invalid:6379/0"
+
+# ---- Celery settings -------------------------------------------------------------------
+broker_url = settings.redis_url or NO_REDIS_CONFIGURED
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    # Longer than any task may run (TASK_TIME_LIMIT_S), so a healthy task is never
+    # delivered twice; crashed shard workers are recovered by their own shard, not by this.
+    "visibility_timeout": settings.visibility_timeout_s,
+    # Redis has no native priorities: kombu keeps one list per step (0 is highest) and
+    # reads them priority-major. Only workload queues ever use a step other than 0.
+    "priority_steps": [0, 3, 6, 9],
+    "sep": ":",
+    "queue_order_strategy": "priority",
+}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+
+# Results are not stored: replies go to the outbox, jobs and promises keep their own state.
+task_ignore_result = True
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = False  # True would requeue at the tail: see ORDERING.md
+worker_prefetch_multiplier = 1
+task_time_limit = settings.task_time_limit_s
+task_routes = ("routing.router.route_task",)
+task_default_queue = DEFAULT_QUEUE
+task_create_missing_queues = True
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+worker_send_task_events = False
+worker_consumer = "tasks.consumer:ShardlineConsumer"
+imports = ("tasks.chat",)
+
+task_queues = [Queue(name) for name in WORKLOAD_QUEUES]

@@ -1,0 +1,1 @@
+"""The ``shardline`` command: run, send, outbox, demo and operations."""

@@ -1,0 +1,114 @@
+"""``shardline``: the operator's and developer's command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+import celeryconfig
+from deploy.supervisor import render as render_supervisor
+from routing import ChatMessage, producer_app, send
+from routing.errors import ShardlineError
+
+
+def _settings() -> celeryconfig.Settings:
+    return celeryconfig.settings
+
+
+def _require_redis() -> str:
+    url = _settings().redis_url
+    if not url:
+        raise click.ClickException(
+            "no Redis: set REDIS_URL, or start the service with `make run` (shardline run) "
+            "so its embedded Redis is found"
+        )
+    return url
+
+
+@click.group()
+def main() -> None:
+    """shardline: ordered per-user AI chat processing on Celery + Redis."""
+
+
+@main.command()
+def run() -> None:
+    """Start everything (embedded Redis if REDIS_URL is unset) and run until Ctrl-C."""
+    from deploy.launcher import procfile_running, redis_for
+
+    settings = _settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with redis_for(settings) as url:
+        click.echo(f"shardline: Redis at {url}; {settings.shard_count} shards; Ctrl-C stops")
+        with procfile_running(url) as proc:
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                click.echo("shardline: stopping")
+
+
+@main.command("send")
+@click.argument("user_id")
+@click.argument("text")
+@click.option("--message-id", default=None, help="Idempotency key (e.g. the chat message id).")
+@click.option("--proactive", is_flag=True, help="Send as a proactive message.")
+def send_cmd(user_id: str, text: str, message_id: str | None, proactive: bool) -> None:
+    """Send one message from USER_ID (an integer id is sent as an int)."""
+    _require_redis()
+    uid: int | str = int(user_id) if user_id.isdigit() else user_id
+    try:
+        task_id = send(producer_app(), ChatMessage(uid, text, message_id=message_id,
+                                                   sent_at=time.time(), proactive=proactive))
+    except ShardlineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(task_id)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def outbox(user_id: str, as_json: bool) -> None:
+    """Show USER_ID's delivered replies, oldest first."""
+    from services.conversation import ConversationStore
+    from services.redis_client import connect
+
+    settings = _settings()
+    store = ConversationStore(connect(_require_redis()), history_limit=settings.history_limit,
+                              done_ttl_s=settings.dedup_window_s)
+    for entry in store.outbox(user_id):
+        if as_json:
+            click.echo(json.dumps(entry))
+        else:
+            click.echo(f"{entry['id']}  [{entry.get('kind', '?')}]  {entry.get('text', '')}")
+
+
+@main.command("supervisor-config")
+@click.option("--range", "shard_range", default=None, help="Shards of this host, e.g. 0-3.")
+def supervisor_config(shard_range: str | None) -> None:
+    """Print supervisord.conf for this host's shards (SHARD_RANGE by default)."""
+    settings = _settings()
+    shards = (celeryconfig.parse_shard_range(shard_range, settings.shard_count)
+              if shard_range else settings.shard_range)
+    if list(shards) != list(range(shards[0], shards[-1] + 1)):
+        raise click.ClickException("supervisor config needs a contiguous range like 0-3")
+    sys.stdout.write(render_supervisor(shards[0], shards[-1], python=sys.executable))
+
+
+@main.command()
+@click.option("--users", default=200, show_default=True, help="Simulated users.")
+@click.option("--messages", default=10, show_default=True, help="Messages per user.")
+@click.option("--proactive-every", default=4, show_default=True,
+              help="A proactive message after every Nth user message (0: none).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for replies.")
+def demo(users: int, messages: int, proactive_every: int, timeout: float) -> None:
+    """Start everything, play a chat load, check per-user order, report, shut down."""
+    from cli.demo import run_demo
+
+    sys.exit(run_demo(_settings(), users=users, messages=messages,
+                      proactive_every=proactive_every, timeout_s=timeout))
+
+
+if __name__ == "__main__":
+    main()

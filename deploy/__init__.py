@@ -1,0 +1,1 @@
+"""How shardline's processes start: embedded Redis, shard workers, Procfile, supervisor."""

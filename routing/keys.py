@@ -1,0 +1,41 @@
+"""Every Redis key shardline writes, in one module, so the whole key space is visible at once.
+
+Producers and workers both use these names, so they live at the bottom layer (routing/).
+kombu's own keys (queues ``shard.N``, ``unacked``, ``unacked_index``, ``_kombu.binding.*``)
+are kombu's and are not listed here.
+"""
+
+from __future__ import annotations
+
+PREFIX = "shardline:"
+
+
+def outbox(user: str) -> str:
+    """Stream of one user's delivered replies, in delivery order."""
+    return f"{PREFIX}outbox:{user}"
+
+
+#: Stream of (user, entry id) pointers across all users, in delivery order; relays read it.
+OUTBOX_FEED = f"{PREFIX}outbox-feed"
+#: Consumer group of the chat relays on :data:`OUTBOX_FEED`.
+RELAY_GROUP = "relays"
+#: Hash user -> id of the last outbox entry a relay delivered to the chat service.
+RELAY_DELIVERED = f"{PREFIX}relay:delivered"
+
+
+def history(user: str) -> str:
+    """List of one user's recent conversation turns (JSON), capped."""
+    return f"{PREFIX}history:{user}"
+
+
+def done(task_id: str) -> str:
+    """Marker that an ordered message's reply was stored; written atomically with the reply."""
+    return f"{PREFIX}done:{task_id}"
+
+
+#: Sorted set of dead-letter ids scored by the time they were parked.
+DEAD_LETTER_INDEX = f"{PREFIX}dead-letters"
+#: Hash dead-letter id -> JSON record (reason, task, user, arguments, error, attempts, time).
+DEAD_LETTER_RECORDS = f"{PREFIX}dead-letter-records"
+#: Hash "component@host:pid" -> number of times it was built, written by the service registry.
+REGISTRY_BUILDS = f"{PREFIX}registry:builds"

@@ -1,0 +1,74 @@
+"""Conversation history and the outbox, written together in one atomic step.
+
+A reply, the user turn it answers, the outbox entry and the task's done-marker are written by
+one Lua call: either all of them exist or none does. A message redelivered after a crash finds
+its done-marker and is not delivered twice (the AI call itself may have run twice).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from routing import keys
+from services.ai.base import Turn
+
+# KEYS: done, history, outbox, feed
+# ARGV: done_ttl_s, history_limit, user, turns_json, entry_json
+_COMMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+for _, turn in ipairs(cjson.decode(ARGV[4])) do
+  redis.call('RPUSH', KEYS[2], cjson.encode(turn))
+end
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+local fields = {}
+for k, v in pairs(cjson.decode(ARGV[5])) do
+  table.insert(fields, k); table.insert(fields, tostring(v))
+end
+local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
+redis.call('XADD', KEYS[4], '*', 'user', ARGV[3], 'id', id)
+redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
+return id
+"""
+
+
+class ConversationStore:
+    """Per-user history (capped list) and outbox (stream), in Redis."""
+
+    def __init__(self, client: redis.Redis, *, history_limit: int, done_ttl_s: int) -> None:
+        self.redis = client
+        self.history_limit = history_limit
+        self.done_ttl_s = done_ttl_s
+        self._commit = client.register_script(_COMMIT)
+
+    def history(self, user: str) -> list[Turn]:
+        raw = self.redis.lrange(keys.history(user), -self.history_limit, -1)
+        return [json.loads(item) for item in raw]
+
+    def already_done(self, task_id: str) -> bool:
+        return bool(self.redis.exists(keys.done(task_id)))
+
+    def commit(
+        self, user: str, task_id: str, turns: list[Turn], entry: Mapping[str, Any]
+    ) -> str | None:
+        """Store ``turns`` and append ``entry`` to the outbox, once per ``task_id``.
+
+        Returns the outbox entry id, or ``None`` when this task was already committed.
+        """
+        fields = {k: v for k, v in entry.items() if v is not None}
+        fields.setdefault("delivered_at", time.time())
+        result = self._commit(
+            keys=[keys.done(task_id), keys.history(user), keys.outbox(user), keys.OUTBOX_FEED],
+            args=[self.done_ttl_s, self.history_limit, user, json.dumps(turns),
+                  json.dumps(fields)],
+        )
+        return str(result) if result else None
+
+    def outbox(self, user: str, count: int | None = None) -> list[dict[str, str]]:
+        """The user's outbox entries, oldest first, each with its stream ``id``."""
+        entries = self.redis.xrange(keys.outbox(user), count=count)
+        return [{"id": entry_id, **fields} for entry_id, fields in entries]

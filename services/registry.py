@@ -1,0 +1,134 @@
+"""The worker service registry: heavy components built once per worker process.
+
+``start()`` runs from ``worker_process_init`` (in the main process for the solo pool, in each
+child for prefork) and ``close()`` from the matching shutdown signal. Tasks reach components
+only through :func:`services` and never construct them. A component declared optional that
+fails to import or start is logged once and left out; the rest of the worker runs.
+
+Each build is counted in Redis (``REGISTRY_BUILDS``, field ``component@host:pid``) so an
+operator, and a test, can see that nothing is rebuilt per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from routing import keys
+from services.ai.base import AIHandler, load_handler
+from services.conversation import ConversationStore
+from services.deadletter import DeadLetterStore
+from services.redis_client import connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    build: Callable[[Any, dict[str, Any]], Any]
+    optional: bool = False
+
+
+def _ai(settings: Any, built: dict[str, Any]) -> AIHandler:
+    return load_handler(settings.ai_handler, settings)
+
+
+def _conversations(settings: Any, built: dict[str, Any]) -> ConversationStore:
+    return ConversationStore(
+        built["redis"], history_limit=settings.history_limit, done_ttl_s=settings.dedup_window_s
+    )
+
+
+#: Build order matters: later components may use earlier ones (``built``).
+COMPONENTS: list[Component] = [
+    Component("redis", lambda s, b: connect(s.redis_url)),
+    Component("ai", _ai),
+    Component("conversations", _conversations),
+    Component("dead_letters", lambda s, b: DeadLetterStore(b["redis"])),
+]
+
+
+class ServiceRegistry:
+    def __init__(self, settings: Any, components: list[Component] | None = None) -> None:
+        self.settings = settings
+        self.components = COMPONENTS if components is None else components
+        self._built: dict[str, Any] = {}
+        self.unavailable: dict[str, str] = {}
+        #: The process this registry belongs to: a forked child must build its own.
+        self.pid = os.getpid()
+
+    def start(self) -> None:
+        for component in self.components:
+            try:
+                self._built[component.name] = component.build(self.settings, self._built)
+            except Exception as exc:
+                if not component.optional:
+                    raise
+                self.unavailable[component.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("optional component %s unavailable, going on without it: %s",
+                            component.name, exc)
+        self._record_builds()
+
+    def _record_builds(self) -> None:
+        client: redis.Redis = self._built["redis"]
+        where = f"{socket.gethostname()}:{os.getpid()}"
+        with client.pipeline(transaction=False) as pipe:
+            for name in self._built:
+                pipe.hincrby(keys.REGISTRY_BUILDS, f"{name}@{where}", 1)
+            pipe.execute()
+
+    def get(self, name: str) -> Any:
+        try:
+            return self._built[name]
+        except KeyError:
+            reason = self.unavailable.get(name, "not declared")
+            raise LookupError(f"component {name!r} is unavailable ({reason})") from None
+
+    def has(self, name: str) -> bool:
+        return name in self._built
+
+    def close(self) -> None:
+        for name, component in reversed(list(self._built.items())):
+            closer = getattr(component, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:  # closing must not mask the shutdown
+                    log.exception("closing component %s failed", name)
+        self._built.clear()
+
+
+_registry: ServiceRegistry | None = None
+
+
+def start_services(settings: Any) -> ServiceRegistry:
+    """Build this process's components (idempotent within one process)."""
+    global _registry
+    if _registry is None or _registry.pid != os.getpid():
+        registry = ServiceRegistry(settings)
+        registry.start()
+        _registry = registry
+    return _registry
+
+
+def services() -> ServiceRegistry:
+    """The accessor tasks use. Fails loudly if the worker did not start the registry."""
+    if _registry is None or _registry.pid != os.getpid():
+        raise RuntimeError(
+            "service registry not started in this process: worker_process_init did not run"
+        )
+    return _registry
+
+
+def stop_services() -> None:
+    global _registry
+    if _registry is not None and _registry.pid == os.getpid():
+        _registry.close()
+    _registry = None

@@ -1,0 +1,58 @@
+"""The user-ordered tasks: answer a message, send a proactive message, notify a promise.
+
+All of them run on the user's shard (see ``routing.queues.ORDERED_TASKS``), one at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from routing import queues
+from routing.userid import canonical_user_id
+from services.ai.base import Turn
+from services.registry import services
+from tasks.app import app
+from tasks.ordered import OrderedTask
+
+
+def _deliver(task: OrderedTask, user: str, kind: str, turns: list[Turn], **meta: Any) -> str | None:
+    """Store ``turns`` and put the last one in the user's outbox, once per task id."""
+    entry = {"kind": kind, "text": turns[-1]["text"], "task_id": task.request.id, **meta}
+    return services().get("conversations").commit(user, task.request.id, turns, entry)
+
+
+@app.task(name=queues.SEND_AI_RESPONSE, base=OrderedTask, bind=True)
+def send_ai_response(self: OrderedTask, user_id: int | str, text: str, *,
+                     message_id: str | None = None, chat_id: int | str | None = None,
+                     sent_at: float | None = None, seq: int | None = None) -> str | None:
+    """Load the user's history, ask the AI handler, store both turns, put the reply in the outbox."""
+    user = canonical_user_id(user_id)
+    registry = services()
+    history = registry.get("conversations").history(user)
+    reply = registry.get("ai").reply(user, text, history)
+    return _deliver(self, user, "reply",
+                    [{"role": "user", "text": text}, {"role": "assistant", "text": reply}],
+                    message_id=message_id, chat_id=chat_id, sent_at=sent_at, seq=seq)
+
+
+@app.task(name=queues.SEND_PROACTIVE_MESSAGE, base=OrderedTask, bind=True)
+def send_proactive_message(self: OrderedTask, user_id: int | str, text: str, *,
+                           message_id: str | None = None, chat_id: int | str | None = None,
+                           sent_at: float | None = None, seq: int | None = None,
+                           reason: str | None = None) -> str | None:
+    """A message the assistant starts itself; ordered with the user's replies on their shard."""
+    return _deliver(self, canonical_user_id(user_id), "proactive",
+                    [{"role": "assistant", "text": text}], message_id=message_id,
+                    chat_id=chat_id, sent_at=sent_at, seq=seq, reason=reason)
+
+
+@app.task(name=queues.NOTIFY_PROMISE_DONE, base=OrderedTask, bind=True)
+def notify_promise_done(self: OrderedTask, user_id: int | str, text: str, *,
+                        promise_id: str | None = None, status: str | None = None,
+                        message_id: str | None = None, chat_id: int | str | None = None,
+                        sent_at: float | None = None, seq: int | None = None) -> str | None:
+    """Tell the user a promise finished, in order with the rest of their conversation."""
+    return _deliver(self, canonical_user_id(user_id), "promise",
+                    [{"role": "assistant", "text": text}], promise_id=promise_id,
+                    status=status, message_id=message_id, chat_id=chat_id, sent_at=sent_at,
+                    seq=seq)

@@ -1,0 +1,108 @@
+"""The worker's message gate: a poison message is dead-lettered, never run, never blocking.
+
+Celery's own handling of a bad message is to log and drop (or reject) it. Here every message
+passes :func:`preflight` before Celery sees it; a message that fails is parked in the
+dead-letter store with the reason and acknowledged, and the worker takes the next one.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from kombu.message import Message
+
+import celeryconfig
+from routing.errors import InvalidUserId
+from routing.queues import ORDERED_TASKS
+from routing.router import user_id_of
+from routing.userid import canonical_user_id
+from services.deadletter import DeadLetter
+from services.registry import services
+
+log = logging.getLogger(__name__)
+
+
+class Poison(Exception):
+    """Why a message cannot run; carries what is known of it for the dead-letter record."""
+
+    def __init__(self, reason: str, **known: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.known = known
+
+
+def _raw_text(message: Message) -> str:
+    body = message.body
+    if isinstance(body, bytes):
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(body).decode("ascii")
+    return str(body)
+
+
+def preflight(message: Message, tasks: Any, max_payload_bytes: int) -> None:
+    """Raise :class:`Poison` if ``message`` cannot be run as a shardline task."""
+    size = len(message.body or b"")
+    if size > max_payload_bytes:
+        raise Poison(f"payload of {size} bytes is over the limit of {max_payload_bytes} bytes")
+    headers = message.headers
+    if not isinstance(headers, dict) or not isinstance(headers.get("task"), str):
+        raise Poison("not a task message (no task header; only protocol 2 is accepted)")
+    name = headers["task"]
+    if name not in tasks:
+        raise Poison(f"unknown task {name!r}", task=name)
+    if message.content_type != "application/json":
+        raise Poison(f"content type {message.content_type!r} is not application/json", task=name)
+    try:
+        body = message.decode()
+    except Exception as exc:
+        raise Poison(f"body is not valid JSON: {exc}", task=name) from None
+    if not (isinstance(body, (list, tuple)) and len(body) == 3
+            and isinstance(body[0], list) and isinstance(body[1], dict)):
+        raise Poison("body is not [args, kwargs, embed]", task=name)
+    args, kwargs = body[0], body[1]
+    try:
+        inspect.signature(tasks[name].run).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise Poison(f"wrong arguments: {exc}", task=name, args=args, kwargs=kwargs) from None
+    if name in ORDERED_TASKS:
+        try:
+            canonical_user_id(user_id_of(args, kwargs))
+        except InvalidUserId as exc:
+            raise Poison(f"invalid user id: {exc}", task=name, args=args, kwargs=kwargs) from None
+        if headers.get("eta"):
+            raise Poison("ordered task sent with an ETA/countdown", task=name, args=args,
+                         kwargs=kwargs)
+
+
+class ShardlineConsumer(Consumer):
+    """Celery's consumer with :func:`preflight` in front of every task message."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+        limit = celeryconfig.settings.max_payload_bytes
+
+        def on_task_received(message: Message) -> Any:
+            try:
+                preflight(message, self.app.tasks, limit)
+            except Poison as poison:
+                self._dead_letter(message, poison.reason, **poison.known)
+                return None
+            return handle(message)
+
+        return on_task_received
+
+    def _dead_letter(self, message: Message, reason: str, **known: Any) -> None:
+        delivery = message.delivery_info or {}
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        services().get("dead_letters").park(DeadLetter(
+            reason=reason, queue=delivery.get("routing_key"), task_id=headers.get("id"),
+            raw=_raw_text(message), **known,
+        ))
+        log.error("dead-lettered a message from %s: %s", delivery.get("routing_key"), reason)
+        message.ack()
