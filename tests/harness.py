@@ -1,0 +1,116 @@
+"""Real parts for tests: private Redis servers and Celery workers in subprocesses.
+
+Every server runs on a free port with its own data directory; every worker is a real
+``celery worker`` process. Nothing here touches the machine's shared Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from deploy.launcher import PROJECT_DIR, child_env, wait_for_workers
+from deploy.shards import shard_worker_argv
+from routing.queues import shard_queue
+
+
+def producer_for(url: str, **conf: Any) -> Celery:
+    """A producer app on ``url`` (what a real producer builds from celeryconfig)."""
+    app = Celery("test-producer")
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = url
+    app.conf.update(conf)
+    return app
+
+
+class WorkerSet:
+    """Worker subprocesses on one Redis; started, killed and stopped by the test."""
+
+    def __init__(self, url: str, log_dir: Path, **env: str) -> None:
+        self.url = url
+        self.log_dir = log_dir
+        self.env = child_env(url, **env)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, env=self.env, cwd=PROJECT_DIR, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_shard(self, shard: int) -> subprocess.Popen[bytes]:
+        return self.start(f"shard-{shard}", shard_worker_argv(shard, "INFO"))
+
+    def start_shards(self, count: int, app: Celery | None = None) -> None:
+        for shard in range(count):
+            self.start_shard(shard)
+        if app is not None:
+            wait_for_workers(app, [shard_queue(s) for s in range(count)])
+
+    def start_celery(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        return self.start(name, [sys.executable, "-m", "celery", "-A", "tasks", "worker",
+                                 "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
+                                 "-l", "INFO", *args])
+
+    def kill(self, name: str) -> None:
+        """kill -9 of every process of the worker (its process group)."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def stop_all(self, grace_s: float = 20.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.procs.clear()
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+def wait_until(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.05,
+               what: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout_s``.
+
+    The timeout is a hang guard, not a performance assertion.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@contextmanager
+def client_for(url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
