@@ -65,6 +65,17 @@ def parse_shard_range(raw: str, shard_count: int) -> tuple[int, ...]:
     return tuple(sorted(set(shards)))
 
 
+def _components(raw: str) -> tuple[tuple[str, str], ...]:
+    """``"name=package.module:factory,..."`` -> ((name, spec), ...)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, spec = item.partition("=")
+        if not sep or not name or ":" not in spec:
+            raise ValueError(f"EXTRA_COMPONENTS entries look like name=module:factory, got {item!r}")
+        pairs.append((name.strip(), spec.strip()))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -91,6 +102,8 @@ class Settings:
     redis_appendfsync: str
     log_level: str
     dedup_window_s: int
+    #: Optional worker components "name=package.module:factory,..." (see services/registry.py).
+    extra_components: tuple[tuple[str, str], ...]
     ordered_max_attempts: int
     ordered_retry_base_s: float
     ordered_retry_max_s: float
@@ -134,6 +147,7 @@ class Settings:
             redis_appendfsync=fsync,
             log_level=_str("LOG_LEVEL", "INFO"),
             dedup_window_s=_int("DEDUP_WINDOW_S", 24 * 3600),
+            extra_components=_components(_str("EXTRA_COMPONENTS", "")),
             ordered_max_attempts=max(_int("ORDERED_MAX_ATTEMPTS", 3), 1),
             ordered_retry_base_s=_float("ORDERED_RETRY_BASE_S", 0.2),
             ordered_retry_max_s=_float("ORDERED_RETRY_MAX_S", 10.0),

@@ -11,6 +11,7 @@ operator, and a test, can see that nothing is rebuilt per task.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -55,10 +56,26 @@ COMPONENTS: list[Component] = [
 ]
 
 
+def _factory(spec: str) -> Callable[[Any, dict[str, Any]], Any]:
+    def build(settings: Any, built: dict[str, Any]) -> Any:
+        module_name, _, attr = spec.partition(":")
+        return getattr(importlib.import_module(module_name), attr)(settings)
+
+    return build
+
+
+def extra_components(settings: Any) -> list[Component]:
+    """Deployment-specific components from ``EXTRA_COMPONENTS``; all optional."""
+    return [Component(name, _factory(spec), optional=True)
+            for name, spec in settings.extra_components]
+
+
 class ServiceRegistry:
     def __init__(self, settings: Any, components: list[Component] | None = None) -> None:
         self.settings = settings
-        self.components = COMPONENTS if components is None else components
+        if components is None:
+            components = COMPONENTS + extra_components(settings)
+        self.components = components
         self._built: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
         #: The process this registry belongs to: a forked child must build its own.

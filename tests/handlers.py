@@ -24,3 +24,18 @@ class RandomLatency(OfflineResponder):
 
 def random_latency(settings: Any) -> RandomLatency:
     return RandomLatency(settings)
+
+
+class ExpensiveComponent:
+    """A stand-in for a heavy client (model, connection pool): counts its own builds."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+
+def expensive_component(settings: Any) -> ExpensiveComponent:
+    return ExpensiveComponent(settings)
+
+
+def broken_component(settings: Any) -> Any:
+    raise ConnectionError("vector store at 127.0.0.1:1 refused the connection")
