@@ -76,6 +76,12 @@ def _components(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _on_failure(raw: str) -> str:
+    if raw not in ("skip", "hold"):
+        raise ValueError(f"ORDERED_ON_FAILURE must be skip or hold, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -107,6 +113,14 @@ class Settings:
     ordered_max_attempts: int
     ordered_retry_base_s: float
     ordered_retry_max_s: float
+    #: "skip": a parked message lets the user's later ones go on; "hold": they wait for it.
+    ordered_on_failure: str
+    #: Consecutive AI handler failures that open the circuit breaker.
+    breaker_failures: int
+    #: Seconds the breaker stays open before one probe call is let through.
+    breaker_open_s: float
+    #: Seconds a producer keeps retrying a publish while Redis is unreachable.
+    publish_retry_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -151,6 +165,10 @@ class Settings:
             ordered_max_attempts=max(_int("ORDERED_MAX_ATTEMPTS", 3), 1),
             ordered_retry_base_s=_float("ORDERED_RETRY_BASE_S", 0.2),
             ordered_retry_max_s=_float("ORDERED_RETRY_MAX_S", 10.0),
+            ordered_on_failure=_on_failure(_str("ORDERED_ON_FAILURE", "skip")),
+            breaker_failures=max(_int("BREAKER_FAILURES", 5), 1),
+            breaker_open_s=_float("BREAKER_OPEN_S", 30.0),
+            publish_retry_s=_float("PUBLISH_RETRY_S", 10.0),
         )
 
 

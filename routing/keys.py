@@ -39,3 +39,33 @@ DEAD_LETTER_INDEX = f"{PREFIX}dead-letters"
 DEAD_LETTER_RECORDS = f"{PREFIX}dead-letter-records"
 #: Hash "component@host:pid" -> number of times it was built, written by the service registry.
 REGISTRY_BUILDS = f"{PREFIX}registry:builds"
+
+
+def hold(user: str) -> str:
+    """Set of the dead-letter ids that hold one user's later ordered messages (hold mode)."""
+    return f"{PREFIX}hold:{user}"
+
+
+def held(user: str) -> str:
+    """List of one user's ordered messages held behind a parked one (JSON), oldest first."""
+    return f"{PREFIX}held:{user}"
+
+
+def breaker_failures(name: str) -> str:
+    """Counter of consecutive failures of the guarded call ``name``."""
+    return f"{PREFIX}breaker:{name}:failures"
+
+
+def breaker_open(name: str) -> str:
+    """Exists (with a TTL of the open period) while breaker ``name`` is open."""
+    return f"{PREFIX}breaker:{name}:open"
+
+
+def breaker_probe(name: str) -> str:
+    """Half-open probe token: the one caller that SET NX it makes the trial call."""
+    return f"{PREFIX}breaker:{name}:probe"
+
+
+def dedup(user: str, message_id: str) -> str:
+    """Producer-side idempotency key of one (user, message id); its value is the task id."""
+    return f"{PREFIX}dedup:{user}:{message_id}"
