@@ -1,0 +1,71 @@
+"""The deployment starts from the Procfile (honcho) or supervisord, serves, and stops clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from deploy.launcher import PROJECT_DIR, child_env, procfile_running, wait_for_workers
+from deploy.supervisor import render
+from routing import ChatMessage, keys, send
+from routing.queues import WORKLOAD_QUEUES, shard_queue
+from tests.harness import wait_until
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _all_gone(procs: list[psutil.Process]) -> bool:
+    return not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, tmp_path,
+                                                             monkeypatch):
+    """Fails if a Procfile process does not start (a shard or workload queue unconsumed, no
+    reply) or survives the launcher's shutdown (a stray worker)."""
+    monkeypatch.setenv("SHARDLINE_HOME", str(tmp_path))
+    url = producer.conf.broker_url
+    with procfile_running(url, quiet=True) as proc:
+        wait_for_workers(producer, [shard_queue(s) for s in range(4)] + list(WORKLOAD_QUEUES))
+        send(producer, ChatMessage(5, "hello"))
+        wait_until(lambda: rclient.xlen(keys.OUTBOX_FEED) >= 1, 60, what="a reply")
+        children = _descendants(proc.pid)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert names.count("-P solo") == 4 and "beat" in names, names
+    wait_until(lambda: _all_gone(children), 30, what="every process to exit")
+
+
+def test_committed_supervisord_conf_is_the_generated_one():
+    """Fails if deploy/supervisord.conf was edited by hand and drifted from the generator."""
+    assert (PROJECT_DIR / "deploy" / "supervisord.conf").read_text() == render(0, 3)
+
+
+def test_supervisord_runs_a_shard_range(producer, rclient, tmp_path: Path):
+    """Fails if the generated config does not start one worker per shard of the range, or
+    supervisord's shutdown leaves a worker running."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render(2, 3, directory=str(PROJECT_DIR), python=sys.executable,
+                           with_workloads=False))
+    env = child_env(producer.conf.broker_url, SHARDLINE_HOME=str(tmp_path))
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen([str(bin_dir / "supervisord"), "-c", str(conf)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_workers(producer, ["shard.2", "shard.3"])
+        replies = producer.control.inspect(timeout=1.0).active_queues() or {}
+        assert sorted(replies) == sorted(f"shard-{n}@{os.uname().nodename}" for n in (2, 3))
+        children = _descendants(proc.pid)
+        assert len(children) >= 2
+    finally:
+        subprocess.run([str(bin_dir / "supervisorctl"), "-c", str(conf), "shutdown"],
+                       env=env, capture_output=True, timeout=60)
+        proc.wait(60)
+    wait_until(lambda: _all_gone(children), 30, what="every shard worker to exit")
