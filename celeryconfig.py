@@ -40,6 +40,21 @@ def _str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = _str(name, default)
+    if value not in allowed:
+        raise ValueError(f"environment variable {name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    """SQLAlchemy needs a driver name: ``postgresql://`` means psycopg 3 here."""
+    for plain in ("postgresql://", "postgres://"):
+        if raw.startswith(plain):
+            return "postgresql+psycopg://" + raw[len(plain):]
+    return raw
+
+
 def _embedded_redis_url(home: Path) -> str | None:
     """URL of the private Redis server a running launcher wrote down, if any."""
     try:
@@ -113,6 +128,28 @@ class Settings:
     ordered_max_attempts: int
     ordered_retry_base_s: float
     ordered_retry_max_s: float
+    # ---- jobs, promises, catch-up, HTTP API (issue 5) ----
+    #: Checkpoint a job every this many items (JOB_CHECKPOINT_EVERY).
+    job_checkpoint_every: int
+    #: Seconds a finished job's record and checkpoint are kept (JOB_TTL_S).
+    job_ttl_s: int
+    #: Seconds a cancelled running job gets to reach a checkpoint before it is revoked.
+    job_cancel_grace_s: float
+    #: Seconds without a heartbeat after which a running job or promise counts as lost.
+    work_lease_s: float
+    #: Seconds between beat passes (recovery of lost jobs/promises, cleanup).
+    maintenance_interval_s: float
+    #: SQLAlchemy URL of the promise store (DATABASE_URL, postgresql:// is translated).
+    database_url: str
+    #: ``fail`` or ``skip``: what a failed parent does to its pending children.
+    promise_on_parent_failure: str
+    #: Attempts of a promise's work before it is failed.
+    promise_max_attempts: int
+    #: Missed messages younger than this many seconds are replayed at start.
+    catchup_window_s: int
+    #: ``alice:token,bob:token``; empty disables auth and binds the API to loopback only.
+    api_tokens: str
+    telegram_webhook_secret: str
     #: "skip": a parked message lets the user's later ones go on; "hold": they wait for it.
     ordered_on_failure: str
     #: Consecutive AI handler failures that open the circuit breaker.
@@ -165,6 +202,18 @@ class Settings:
             ordered_max_attempts=max(_int("ORDERED_MAX_ATTEMPTS", 3), 1),
             ordered_retry_base_s=_float("ORDERED_RETRY_BASE_S", 0.2),
             ordered_retry_max_s=_float("ORDERED_RETRY_MAX_S", 10.0),
+            job_checkpoint_every=max(_int("JOB_CHECKPOINT_EVERY", 10), 1),
+            job_ttl_s=_int("JOB_TTL_S", 7 * 24 * 3600),
+            job_cancel_grace_s=_float("JOB_CANCEL_GRACE_S", 30.0),
+            work_lease_s=_float("WORK_LEASE_S", 120.0),
+            maintenance_interval_s=_float("MAINTENANCE_INTERVAL_S", 30.0),
+            database_url=_database_url(_str("DATABASE_URL", f"sqlite:///{home / 'promises.db'}")),
+            promise_on_parent_failure=_choice("PROMISE_ON_PARENT_FAILURE", "fail",
+                                              ("fail", "skip")),
+            promise_max_attempts=max(_int("PROMISE_MAX_ATTEMPTS", 3), 1),
+            catchup_window_s=_int("CATCHUP_WINDOW_S", 300),
+            api_tokens=_str("API_TOKENS", ""),
+            telegram_webhook_secret=_str("TELEGRAM_WEBHOOK_SECRET", ""),
             ordered_on_failure=_on_failure(_str("ORDERED_ON_FAILURE", "skip")),
             breaker_failures=max(_int("BREAKER_FAILURES", 5), 1),
             breaker_open_s=_float("BREAKER_OPEN_S", 30.0),
@@ -212,6 +261,14 @@ worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 worker_send_task_events = False
 worker_consumer = "tasks.consumer:ShardlineConsumer"
-imports = ("tasks.chat",)
+imports = ("tasks.chat", "tasks.jobs", "tasks.promises")
 
 task_queues = [Queue(name) for name in WORKLOAD_QUEUES]
+
+# Beat: recovery of lost jobs and promises, and cleanup of expired job records (issue 5).
+beat_schedule = {
+    "shardline-maintenance": {
+        "task": "shardline.maintenance",
+        "schedule": settings.maintenance_interval_s,
+    },
+}

@@ -69,3 +69,28 @@ def breaker_probe(name: str) -> str:
 def dedup(user: str, message_id: str) -> str:
     """Producer-side idempotency key of one (user, message id); its value is the task id."""
     return f"{PREFIX}dedup:{user}:{message_id}"
+
+# ---- jobs (jobs/), promises' run log, HTTP ingest log (issue 5) ------------------------
+#: Sorted set of job ids scored by creation time: the job index.
+JOB_INDEX = f"{PREFIX}jobs"
+
+
+def job(job_id: str) -> str:
+    """Hash: one job's record (kind, owner, status, progress, lease, control request)."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_checkpoint(job_id: str) -> str:
+    """JSON of the job's last checkpoint: position (items done) and the state to continue."""
+    return f"{PREFIX}job:{job_id}:checkpoint"
+
+
+def job_processed(job_id: str) -> str:
+    """List of the item ids a job committed, in order, written atomically with checkpoints."""
+    return f"{PREFIX}job:{job_id}:processed"
+
+
+#: Stream of promise work runs (started / finished / fenced-off), the audit trail of promises.
+PROMISE_RUNS = f"{PREFIX}promise-runs"
+#: Stream of every message the HTTP API accepted, oldest first: the source of catch-up.
+INGEST_LOG = f"{PREFIX}ingest-log"

@@ -1,0 +1,1 @@
+"""Job tasks (being written)."""
