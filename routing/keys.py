@@ -1,8 +1,8 @@
 """Every Redis key shardline writes, in one module, so the whole key space is visible at once.
 
 Producers and workers both use these names, so they live at the bottom layer (routing/).
-kombu's own keys (queues ``shard.N``, ``unacked``, ``unacked_index``, ``_kombu.binding.*``)
-are kombu's and are not listed here.
+kombu's own keys (queues ``shard.N``, ``_kombu.binding.*``) are kombu's and are not listed
+here, except the two unacked keys the shard lease's crash recovery reads (at the bottom).
 """
 
 from __future__ import annotations
@@ -94,3 +94,23 @@ def job_processed(job_id: str) -> str:
 PROMISE_RUNS = f"{PREFIX}promise-runs"
 #: Stream of every message the HTTP API accepted, oldest first: the source of catch-up.
 INGEST_LOG = f"{PREFIX}ingest-log"
+
+
+def shard_lease(shard: int) -> str:
+    """Hash (owner token, fence, holder) of the one worker allowed to consume shard ``shard``.
+
+    Expires after ``SHARD_LEASE_TTL_S`` unless its owner renews it.
+    """
+    return f"{PREFIX}shard-lease:{shard}"
+
+
+def shard_fence(shard: int) -> str:
+    """Counter incremented on each acquisition of shard ``shard``'s lease (the fencing token)."""
+    return f"{PREFIX}shard-fence:{shard}"
+
+
+# kombu's keys that shardline reads and writes (names fixed by kombu's Redis Channel defaults).
+#: kombu's hash delivery tag -> JSON ``[message, exchange, routing_key]`` of unacked messages.
+KOMBU_UNACKED = "unacked"
+#: kombu's sorted set delivery tag -> time the message was delivered.
+KOMBU_UNACKED_INDEX = "unacked_index"
