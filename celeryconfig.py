@@ -97,6 +97,13 @@ def _on_failure(raw: str) -> str:
     return raw
 
 
+def _shard_lease_ttl(ttl_s: float) -> float:
+    # Below 1 s a heartbeat every third of it cannot ride out an ordinary network hiccup.
+    if ttl_s < 1.0:
+        raise ValueError(f"SHARD_LEASE_TTL_S must be >= 1, got {ttl_s}")
+    return ttl_s
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -158,6 +165,8 @@ class Settings:
     breaker_open_s: float
     #: Seconds a producer keeps retrying a publish while Redis is unreachable.
     publish_retry_s: float
+    #: Seconds a shard lease lives unless renewed (renewed every third of it).
+    shard_lease_ttl_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -218,6 +227,7 @@ class Settings:
             breaker_failures=max(_int("BREAKER_FAILURES", 5), 1),
             breaker_open_s=_float("BREAKER_OPEN_S", 30.0),
             publish_retry_s=_float("PUBLISH_RETRY_S", 10.0),
+            shard_lease_ttl_s=_shard_lease_ttl(_float("SHARD_LEASE_TTL_S", 10.0)),
         )
 
 
