@@ -86,7 +86,8 @@ def _components(raw: str) -> tuple[tuple[str, str], ...]:
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, spec = item.partition("=")
         if not sep or not name or ":" not in spec:
-            raise ValueError(f"EXTRA_COMPONENTS entries look like name=module:factory, got {item!r}")
+            raise ValueError(
+                f"EXTRA_COMPONENTS entries look like name=module:factory, got {item!r}")
         pairs.append((name.strip(), spec.strip()))
     return tuple(pairs)
 

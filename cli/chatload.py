@@ -79,12 +79,13 @@ def check_order(client: redis.Redis, expected: dict[str, int]) -> OrderReport:
     report = OrderReport()
     for user, count in expected.items():
         report.expected += count
-        entries = client.xrange(keys.outbox(user))
+        entries: list[tuple[str, dict[str, str]]] = client.xrange(  # type: ignore[assignment]
+            keys.outbox(user))
         seqs = [int(fields["seq"]) for _, fields in entries if "seq" in fields]
         report.answered += len(set(seqs))
         report.duplicated += len(seqs) - len(set(seqs))
         report.missing += count - len(set(seqs) & set(range(count)))
-        report.violations += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+        report.violations += sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b <= a)
         for _, fields in entries:
             if "sent_at" in fields and "delivered_at" in fields:
                 report.latencies_s.append(float(fields["delivered_at"]) - float(fields["sent_at"]))

@@ -68,7 +68,8 @@ class EmbeddedRedis:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log_file = self.data_dir / "redis.log"
                     tail = log_file.read_text()[-2000:] if log_file.exists() else ""
-                    raise RuntimeError(f"redis-server on port {self.port} did not start:\n{tail}")
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} did not start:\n{tail}") from None
                 time.sleep(0.05)
         client.close()
         return self.url

@@ -8,11 +8,11 @@ class ShardlineError(Exception):
 
 
 class InvalidUserId(ShardlineError, ValueError):
-    """A user id that cannot be routed: not an int >= 0 and not a non-empty str of at most 256 chars."""
+    """A user id that cannot be routed: not an int >= 0, not a non-empty str of <= 256 chars."""
 
 
 class InvalidDispatch(ShardlineError, ValueError):
-    """A publish option that would break per-user order (explicit queue, priority, ETA) or a bad payload."""
+    """A publish option that would break per-user order (queue, priority, ETA), or a bad payload."""
 
 
 class PublishFailed(ShardlineError, ConnectionError):

@@ -81,8 +81,8 @@ class ShardRouter:
                     "a second priority list would reorder the shard"
                 )
             return {"queue": queue}
-        queue = workload_queue_for(name)
-        return {"queue": queue} if queue else None
+        workload = workload_queue_for(name)
+        return {"queue": workload} if workload else None
 
 
 #: The router instance named in ``celeryconfig.task_routes``.

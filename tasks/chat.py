@@ -25,7 +25,7 @@ def _deliver(task: OrderedTask, user: str, kind: str, turns: list[Turn], **meta:
 def send_ai_response(self: OrderedTask, user_id: int | str, text: str, *,
                      message_id: str | None = None, chat_id: int | str | None = None,
                      sent_at: float | None = None, seq: int | None = None) -> str | None:
-    """Load the user's history, ask the AI handler, store both turns, put the reply in the outbox."""
+    """Load the history, ask the AI handler, store both turns, put the reply in the outbox."""
     user = canonical_user_id(user_id)
     registry = services()
     history = registry.get("conversations").history(user)
@@ -56,3 +56,14 @@ def notify_promise_done(self: OrderedTask, user_id: int | str, text: str, *,
                     [{"role": "assistant", "text": text}], promise_id=promise_id,
                     status=status, message_id=message_id, chat_id=chat_id, sent_at=sent_at,
                     seq=seq)
+
+
+class _ReleaseTask(OrderedTask):
+    holdable = False
+
+
+@app.task(name=queues.RELEASE_HELD, base=_ReleaseTask, bind=True)
+def release_held(self: OrderedTask, user_id: int | str) -> None:
+    """Nothing of its own: arriving on the user's shard, it makes the worker run the user's
+    held messages (OrderedTask does that before any task of a user who is no longer held)."""
+
