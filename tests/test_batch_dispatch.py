@@ -1,0 +1,271 @@
+"""dispatch_batch: the same messages as send(), in one Redis round trip, all or nothing.
+
+Messages are compared as the raw kombu envelopes Redis holds (RPOP from the shard lists),
+with only the per-message identifiers normalised. The round trip is proven with a TCP proxy
+in front of the producer's Redis that holds back every reply: if all 200 LPUSHes reach the
+server while the producer has not received a single reply, the producer did not wait
+between them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from typing import Any
+
+import pytest
+import redis
+
+from routing import ChatMessage, InvalidDispatch, InvalidUserId, dispatch_batch, send
+from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
+from tests.harness import producer_for, wait_until
+
+SHARDS = 4  # the fixtures' default SHARD_COUNT
+
+#: Fields that differ between two publishes of the same message, and only those.
+PER_MESSAGE_HEADERS = ("id", "root_id")
+PER_MESSAGE_PROPERTIES = ("correlation_id", "delivery_tag")
+
+
+def _messages() -> list[ChatMessage]:
+    users: list[int | str] = [1, 2, "alice", 42, "42", "bob", 3, "Zoë", 2**70, "dave"]
+    out = []
+    for i in range(40):
+        user = users[i % len(users)]
+        out.append(ChatMessage(user, f"message {i} from {user}", message_id=f"m-{i}",
+                               chat_id=None if i % 3 else 1000 + i, sent_at=1700000000.0 + i,
+                               proactive=i % 5 == 4, extra={"seq": i}))
+    return out
+
+
+def _drain(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
+    """Every envelope on every shard list, oldest first, removed from Redis."""
+    queues: dict[str, list[dict[str, Any]]] = {}
+    for queue in sorted(client.keys(f"{SHARD_QUEUE_PREFIX}*")):
+        while (raw := client.rpop(queue)) is not None:
+            envelope = json.loads(raw)
+            assert envelope["properties"]["body_encoding"] == "base64"
+            envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
+            queues.setdefault(queue, []).append(envelope)
+    return queues
+
+
+def _normalise(queues: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], list[str]]:
+    """The envelopes with per-message ids replaced by a placeholder, and those task ids."""
+    task_ids = []
+    for envelopes in queues.values():
+        for env in envelopes:
+            headers, props = env["headers"], env["properties"]
+            task_ids.append(headers["id"])
+            assert headers["root_id"] == headers["id"] == props["correlation_id"]
+            for key in PER_MESSAGE_HEADERS:
+                headers[key] = "<id>"
+            for key in PER_MESSAGE_PROPERTIES:
+                props[key] = "<id>"
+    return queues, task_ids
+
+
+def test_batch_publishes_exactly_what_send_publishes(producer, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Breaks if dispatch_batch builds its messages differently from send()/send_task (other
+    queue, exchange, routing key, priority, headers, kwargs, serializer, body encoding) or
+    reorders them within a shard."""
+    messages = _messages()
+
+    sent_ids = [send(producer, m) for m in messages]
+    by_send, send_task_ids = _normalise(_drain(rclient))
+
+    for m in messages:
+        producer.send_task(m.task_name, args=(m.user_id, m.text), kwargs=m.task_kwargs())
+    by_send_task, _ = _normalise(_drain(rclient))
+
+    batch_ids = dispatch_batch(producer, messages)
+    by_batch, batch_task_ids = _normalise(_drain(rclient))
+
+    assert set(by_batch) == {shard_queue(s) for s in range(SHARDS)}, "users span all shards"
+    assert by_batch == by_send
+    assert by_batch == by_send_task
+    # The normalised ids are the ones the callers got back, in order, one per message.
+    assert sorted(batch_task_ids) == sorted(batch_ids) and len(set(batch_ids)) == len(messages)
+    assert sorted(send_task_ids) == sorted(sent_ids)
+    # Spot-check that the comparison saw real content, not two empty structures.
+    first = by_batch[next(iter(sorted(by_batch)))][0]
+    assert first["properties"]["delivery_info"]["routing_key"].startswith(SHARD_QUEUE_PREFIX)
+    assert first["body"][1]["seq"] is not None
+
+
+def test_batch_keeps_each_users_order(producer, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Breaks if the batch publishes out of input order (a user's messages would be answered
+    in the wrong order)."""
+    messages = _messages()
+    dispatch_batch(producer, messages)
+    seen: dict[str, list[int]] = {}
+    for envelopes in _drain(rclient).values():
+        for env in envelopes:
+            args, kwargs, _ = env["body"]
+            seen.setdefault(str(args[0]), []).append(kwargs["seq"])
+    expected: dict[str, list[int]] = {}
+    for m in messages:
+        expected.setdefault(str(m.user_id), []).append(m.extra["seq"])
+    assert seen == expected
+
+
+def test_bad_message_in_batch_publishes_nothing(producer, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Breaks if a batch is published up to its bad message (half a batch would be answered
+    and its retry would answer those messages twice)."""
+    good = _messages()[:10]
+    send(producer, good[0])  # warm: queues declared, connection open
+    _drain(rclient)
+    rclient.config_resetstat()
+
+    for bad in (ChatMessage(True, "x"), ChatMessage("", "x"), ChatMessage(None, "x")):  # type: ignore[arg-type]
+        with pytest.raises(InvalidUserId):
+            dispatch_batch(producer, [*good, bad, *good])
+    with pytest.raises(InvalidDispatch):
+        dispatch_batch(producer, [*good, ChatMessage(1, "x" * 10_000_000)])
+    # A bad id only the router sees (kwargs win over args there): validation passes, the
+    # router raises at message 11, and kombu's batch discards the 10 already buffered.
+    with pytest.raises(InvalidUserId):
+        dispatch_batch(producer, [*good, ChatMessage(3, "x", extra={"user_id": -1})])
+
+    assert rclient.keys(f"{SHARD_QUEUE_PREFIX}*") == []
+    assert "cmdstat_lpush" not in rclient.info("commandstats")
+    # The control: the same good messages alone are published.
+    assert len(dispatch_batch(producer, good)) == 10
+    assert sum(rclient.llen(q) for q in rclient.keys(f"{SHARD_QUEUE_PREFIX}*")) == 10
+
+
+# ---- one round trip -------------------------------------------------------------------------
+
+
+class ReplyGate:
+    """A TCP proxy to Redis that forwards requests at once and replies only while open."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.open = threading.Event()
+        self.open.set()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, server]
+            for src, dst, gated in ((client, server, False), (server, client, True)):
+                t = threading.Thread(target=self._pump, args=(src, dst, gated), daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                while gated and not self.open.wait(0.2):
+                    if self._stop.is_set():
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.open.set()
+        self._listener.close()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        for t in self._threads:
+            t.join(5)
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): int(stat["calls"])
+            for name, stat in client.info("commandstats").items()}
+
+
+def test_batch_of_200_is_one_round_trip(redis_server, redis_url, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Breaks if the batch waits for a reply between messages: per-message LPUSH outside a
+    pipeline, a per-message lookup (e.g. kombu's SMEMBERS of an exchange binding table when
+    publishing through a named exchange), or a flush per message. All 200 LPUSHes must reach
+    Redis while the proxy lets no reply through, and they must be the only commands sent."""
+    gate = ReplyGate(redis_server.port)
+    app = producer_for(f"redis://127.0.0.1:{gate.port}/0")
+    result: dict[str, Any] = {}
+    try:
+        # Warm: connection open, every shard queue declared (one-off per producer and queue).
+        dispatch_batch(app, [ChatMessage(u, "warm") for u in range(40)])
+        _drain(rclient)
+        batch = [ChatMessage(u % 50, f"msg {u}") for u in range(200)]
+        rclient.config_resetstat()
+        before = _calls(rclient)  # counts this INFO call itself
+
+        gate.open.clear()
+        thread = threading.Thread(target=lambda: result.update(ids=dispatch_batch(app, batch)))
+        thread.start()
+        try:
+            wait_until(lambda: _calls(rclient).get("lpush", 0) >= 200, 30,
+                       what="all 200 LPUSHes to reach Redis with replies held back")
+            assert thread.is_alive(), "the producer finished without any reply"
+        finally:
+            gate.open.set()
+            thread.join(30)
+        assert not thread.is_alive()
+        after = _calls(rclient)
+    finally:
+        app.close()
+        gate.close()
+
+    assert len(result["ids"]) == 200
+    assert before == {"config": 1}
+    sent = {name: n - before.get(name, 0) for name, n in after.items()}
+    sent = {name: n for name, n in sent.items() if n and name not in ("info", "config")}
+    assert sent == {"lpush": 200}, sent
+    assert sum(rclient.llen(q) for q in rclient.keys(f"{SHARD_QUEUE_PREFIX}*")) == 200
+
+
+def test_reply_gate_control_send_waits_per_message(redis_server, redis_url, rclient) -> None:  # type: ignore[no-untyped-def]
+    """The control: send() one message at a time waits for each reply, so with replies held
+    back only its first LPUSH can reach Redis. If more got through, the gate would not be
+    holding replies and the round-trip test above could not fail."""
+    gate = ReplyGate(redis_server.port)
+    app = producer_for(f"redis://127.0.0.1:{gate.port}/0")
+    try:
+        for u in range(40):
+            send(app, ChatMessage(u, "warm"))
+        rclient.config_resetstat()
+        gate.open.clear()
+        thread = threading.Thread(target=lambda: [send(app, ChatMessage(u, "x"))
+                                                  for u in range(20)])
+        thread.start()
+        try:
+            wait_until(lambda: _calls(rclient).get("lpush", 0) >= 1, 30, what="first LPUSH")
+            threading.Event().wait(1.0)  # room for a second LPUSH, if one could be sent
+            assert _calls(rclient).get("lpush", 0) == 1
+        finally:
+            gate.open.set()
+            thread.join(30)
+        assert _calls(rclient).get("lpush", 0) == 20
+    finally:
+        app.close()
+        gate.close()
