@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
@@ -37,7 +38,11 @@ def _play(console: Console, app: Any, url: str, users: int, messages: int,
           proactive_every: int, timeout_s: float) -> int:
     client = connect(url)
     user_ids: list[int | str] = list(range(1, users + 1))
-    rounds = chat_load(user_ids, messages, proactive_every=proactive_every, seed=7)
+    # Message ids are idempotency keys (DEDUP_WINDOW_S): make them unique to this run, or a
+    # second demo on the same embedded Redis would be all duplicates.
+    run = f"demo{int(time.time() * 1000)}"
+    rounds = [[replace(m, message_id=f"{run}-{m.message_id}") for m in batch]
+              for batch in chat_load(user_ids, messages, proactive_every=proactive_every, seed=7)]
     total = sum(len(r) for r in rounds)
     expected: dict[str, int] = {}
     for batch in rounds:

@@ -9,6 +9,8 @@ import time
 import click
 
 import celeryconfig
+from cli.breaker import breaker
+from cli.dlq import dlq
 from deploy.supervisor import render as render_supervisor
 from routing import ChatMessage, producer_app, send
 from routing.errors import ShardlineError
@@ -59,11 +61,14 @@ def send_cmd(user_id: str, text: str, message_id: str | None, proactive: bool) -
     _require_redis()
     uid: int | str = int(user_id) if user_id.isdigit() else user_id
     try:
-        task_id = send(producer_app(), ChatMessage(uid, text, message_id=message_id,
-                                                   sent_at=time.time(), proactive=proactive))
+        result = send(producer_app(), ChatMessage(uid, text, message_id=message_id,
+                                                  sent_at=time.time(), proactive=proactive))
     except ShardlineError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(task_id)
+    if result.duplicate:
+        click.echo(f"{result.task_id} (duplicate of message id {message_id!r}: not sent again)")
+    else:
+        click.echo(result.task_id)
 
 
 @main.command()
@@ -109,6 +114,9 @@ def demo(users: int, messages: int, proactive_every: int, timeout: float) -> Non
     sys.exit(run_demo(_settings(), users=users, messages=messages,
                       proactive_every=proactive_every, timeout_s=timeout))
 
+
+main.add_command(dlq)
+main.add_command(breaker)
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ Import this package (never ``tasks``) from producers. Public API:
 - :class:`InvalidUserId`, raised for ids that cannot be routed
 """
 
-from routing.dispatch import ChatMessage, dispatch_batch, producer_app, send
+from routing.dispatch import ChatMessage, DispatchResult, dispatch_batch, producer_app, send
 from routing.errors import InvalidDispatch, InvalidUserId, PublishFailed, ShardlineError
 from routing.hashing import jump_hash, key_hash, shard_for
 from routing.router import ShardRouter, queue_for, route_task
@@ -17,6 +17,7 @@ from routing.userid import canonical_user_id
 
 __all__ = [
     "ChatMessage",
+    "DispatchResult",
     "InvalidDispatch",
     "InvalidUserId",
     "PublishFailed",

@@ -26,11 +26,13 @@ WORKLOAD_QUEUES: tuple[str, ...] = (PROFILING_QUEUE, LLM_QUEUE, PROMISES_QUEUE, 
 SEND_AI_RESPONSE = "shardline.send_ai_response"
 SEND_PROACTIVE_MESSAGE = "shardline.send_proactive_message"
 NOTIFY_PROMISE_DONE = "shardline.notify_promise_done"
+#: Runs a released user's held messages on their shard (sent when a parked one is discarded).
+RELEASE_HELD = "shardline.release_held"
 
 #: Tasks that belong to one user's conversation: routed to the user's shard, never retried
 #: through the broker, never given a priority or an ETA.
 ORDERED_TASKS: frozenset[str] = frozenset(
-    {SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, NOTIFY_PROMISE_DONE}
+    {SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, NOTIFY_PROMISE_DONE, RELEASE_HELD}
 )
 
 #: Workload task-name prefixes and their queues; first match wins.

@@ -1,7 +1,9 @@
 """The dead-letter store: messages that cannot or did not succeed, parked with the reason.
 
 Parking never raises into the caller's hot path beyond Redis errors: a shard worker parks a
-poison message and moves on to the next one.
+poison message and moves on to the next one. With ``hold=True`` the parked letter also holds
+its user's later ordered messages (``services.hold``), in the same atomic step. This store
+never publishes or runs a message; replaying is the CLI's job (``cli/dlq.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class DeadLetter:
     attempts: int = 0
     task_id: str | None = None
     raw: str | None = None
+    #: True while this letter holds its user's later ordered messages (hold mode).
+    holds: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     parked_at: float = field(default_factory=time.time)
 
@@ -40,17 +44,25 @@ class DeadLetterStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def park(self, letter: DeadLetter) -> str:
+    def park(self, letter: DeadLetter, *, hold: bool = False,
+             replaces: str | None = None) -> str:
+        """Store ``letter``; with ``hold``, it also holds its user (instead of ``replaces``)."""
         if letter.raw is not None and len(letter.raw) > MAX_STORED_BODY:
             letter.raw = letter.raw[:MAX_STORED_BODY]
+        letter.holds = bool(hold and letter.user_id is not None)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.DEAD_LETTER_RECORDS, letter.id, json.dumps(asdict(letter), default=str))
             pipe.zadd(keys.DEAD_LETTER_INDEX, {letter.id: letter.parked_at})
+            if letter.holds and letter.user_id is not None:
+                pipe.sadd(keys.hold(letter.user_id), letter.id)
+                if replaces:
+                    pipe.srem(keys.hold(letter.user_id), replaces)
             pipe.execute()
         return letter.id
 
     def list(self, limit: int = 100) -> list[DeadLetter]:
-        ids = self.redis.zrange(keys.DEAD_LETTER_INDEX, 0, limit - 1)
+        ids: list[str] = self.redis.zrange(  # type: ignore[assignment]
+            keys.DEAD_LETTER_INDEX, 0, limit - 1)
         if not ids:
             return []
         raw = self.redis.hmget(keys.DEAD_LETTER_RECORDS, ids)

@@ -23,8 +23,10 @@ import redis
 
 from routing import keys
 from services.ai.base import AIHandler, load_handler
+from services.breaker import BreakerGuardedHandler, CircuitBreaker
 from services.conversation import ConversationStore
 from services.deadletter import DeadLetterStore
+from services.hold import HoldStore
 from services.redis_client import connect
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,10 @@ class Component:
 
 
 def _ai(settings: Any, built: dict[str, Any]) -> AIHandler:
-    return load_handler(settings.ai_handler, settings)
+    # Every worker of the deployment shares one breaker: its state lives in Redis.
+    breaker = CircuitBreaker(built["redis"], "ai", failures=settings.breaker_failures,
+                             open_s=settings.breaker_open_s)
+    return BreakerGuardedHandler(load_handler(settings.ai_handler, settings), breaker)
 
 
 def _conversations(settings: Any, built: dict[str, Any]) -> ConversationStore:
@@ -53,6 +58,7 @@ COMPONENTS: list[Component] = [
     Component("ai", _ai),
     Component("conversations", _conversations),
     Component("dead_letters", lambda s, b: DeadLetterStore(b["redis"])),
+    Component("holds", lambda s, b: HoldStore(b["redis"])),
 ]
 
 

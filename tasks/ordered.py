@@ -3,6 +3,10 @@
 A shard runs one message at a time, so whatever this base does happens before the user's next
 message starts. It must never call ``Task.retry()``, ``reject(requeue=True)`` or set an ETA:
 each of those puts the message behind the user's later ones (ORDERING.md).
+
+With ``ORDERED_ON_FAILURE=hold`` a parked message holds its user's later ordered messages
+(``services.hold``); this base holds them, and runs them in order once the parked one is
+replayed or discarded.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from celery import Task
 
 import celeryconfig
 from routing.errors import InvalidDispatch, InvalidUserId
+from routing.router import user_id_of
+from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
+from services.hold import REPLAY_HEADER, Admission, HeldMessage, HoldStore
 from services.registry import services
 
 log = logging.getLogger(__name__)
@@ -46,7 +53,64 @@ class OrderedTask(Task):
         return super().apply_async(args, kwargs, task_id, producer, link, link_error,
                                    shadow, **options)
 
+    #: False for control tasks (``release_held``) that must run even while the user is held.
+    holdable = True
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        replay_of = getattr(self.request, REPLAY_HEADER, None)
+        if celeryconfig.settings.ordered_on_failure != "hold":
+            return self._run_in_place(args, kwargs, replay_of=None)
+        user = _user_of(args, kwargs)
+        if user is None:
+            return self._run_in_place(args, kwargs, replay_of=None)
+        holds = services().get("holds")
+        if replay_of:
+            # The parked message itself: it runs although (because) its user is held.
+            result = self._run_in_place(args, kwargs, replay_of=replay_of)
+            self._drain(holds, user)
+            return result
+        if not self.holdable:
+            self._drain(holds, user)
+            return self._run_in_place(args, kwargs, replay_of=None)
+        message = HeldMessage(self.name, self.request.id, list(args), dict(kwargs))
+        while True:
+            admission = holds.admit(user, message)
+            if admission is Admission.HELD:
+                log.warning("%s %s held: user %s has a parked message", self.name,
+                            self.request.id, user)
+                return None
+            if admission is Admission.RUN:
+                return self._run_in_place(args, kwargs, replay_of=None)
+            self._drain_one(holds, user)
+
+    def _drain(self, holds: HoldStore, user: str) -> None:
+        """Run ``user``'s held messages, oldest first, while nothing holds the user."""
+        while not holds.is_held(user) and self._drain_one(holds, user):
+            pass
+
+    def _drain_one(self, holds: HoldStore, user: str) -> bool:
+        held = holds.head(user)
+        if held is None:
+            return False
+        task = self.app.tasks.get(held.task)
+        if not isinstance(task, OrderedTask):
+            log.error("held message %s names no ordered task %r; dropped", held.id, held.task)
+        else:
+            log.info("running held message %s %s of user %s", held.task, held.id, user)
+            task.push_request(id=held.id, args=held.args, kwargs=held.kwargs,
+                              delivery_info=self.request.delivery_info)
+            try:
+                task._run_in_place(tuple(held.args), held.kwargs, replay_of=None)
+            finally:
+                task.pop_request()
+        # Popped only after it ran: a crash in between runs it again, and its done-marker
+        # stops a second delivery.
+        holds.pop_head(user)
+        return True
+
+    def _run_in_place(self, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                      replay_of: str | None) -> Any:
+        """Run once, retrying in place; park when attempts are exhausted."""
         task_id = self.request.id
         if task_id and services().get("conversations").already_done(task_id):
             log.info("%s %s already delivered, not delivering again", self.name, task_id)
@@ -56,28 +120,42 @@ class OrderedTask(Task):
         while True:
             attempt += 1
             try:
-                return self.run(*args, **kwargs)
+                result = self.run(*args, **kwargs)
             except PERMANENT_ERRORS as exc:
-                self._park("rejected", exc, attempt, args, kwargs)
+                self._park("rejected", exc, attempt, args, kwargs, replay_of)
                 return None
             except Exception as exc:
                 if attempt >= settings.ordered_max_attempts:
-                    self._park(f"failed after {attempt} attempts", exc, attempt, args, kwargs)
+                    self._park(f"failed after {attempt} attempts", exc, attempt, args, kwargs,
+                               replay_of)
                     return None
                 delay = backoff_delay(attempt, settings.ordered_retry_base_s,
                                       settings.ordered_retry_max_s)
                 log.warning("%s attempt %d failed (%s), retrying in place in %.2fs",
                             self.name, attempt, exc, delay)
                 time.sleep(delay)
+            else:
+                user = _user_of(args, kwargs)
+                if replay_of and user is not None:
+                    services().get("holds").release(user, replay_of)
+                return result
 
     def _park(self, reason: str, exc: BaseException, attempts: int,
-              args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        user = kwargs.get("user_id", args[0] if args else None)
+              args: tuple[Any, ...], kwargs: dict[str, Any], replay_of: str | None) -> None:
+        user = _user_of(args, kwargs)
         delivery = self.request.delivery_info or {}
-        services().get("dead_letters").park(DeadLetter(
+        hold = celeryconfig.settings.ordered_on_failure == "hold"
+        letter_id = services().get("dead_letters").park(DeadLetter(
             reason=reason, task=self.name, queue=delivery.get("routing_key"),
-            user_id=None if user is None else str(user), args=list(args), kwargs=kwargs,
+            user_id=user, args=list(args), kwargs=kwargs,
             error=f"{type(exc).__name__}: {exc}", attempts=attempts, task_id=self.request.id,
-        ))
-        log.error("%s %s parked in the dead-letter store: %s: %s",
-                  self.name, self.request.id, reason, exc)
+        ), hold=hold, replaces=replay_of)
+        log.error("%s %s parked in the dead-letter store as %s: %s: %s",
+                  self.name, self.request.id, letter_id, reason, exc)
+
+
+def _user_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    try:
+        return canonical_user_id(user_id_of(args, kwargs))
+    except InvalidUserId:
+        return None
