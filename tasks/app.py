@@ -10,9 +10,12 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 import celeryconfig
 from services.registry import start_services, stop_services
+from tasks.shard_lease import ShardLeaseStep
 
 app = Celery("shardline")
 app.config_from_object("celeryconfig")
+# A shard worker consumes nothing until it holds its shard's lease (tasks/shard_lease.py).
+app.steps["consumer"].add(ShardLeaseStep)
 
 
 @worker_process_init.connect

@@ -5,6 +5,7 @@ All of them run on the user's shard (see ``routing.queues.ORDERED_TASKS``), one 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from routing import queues
@@ -17,7 +18,9 @@ from tasks.ordered import OrderedTask
 
 def _deliver(task: OrderedTask, user: str, kind: str, turns: list[Turn], **meta: Any) -> str | None:
     """Store ``turns`` and put the last one in the user's outbox, once per task id."""
-    entry = {"kind": kind, "text": turns[-1]["text"], "task_id": task.request.id, **meta}
+    # ``worker`` (node name:pid) says which shard worker answered: the lease tests check it.
+    entry = {"kind": kind, "text": turns[-1]["text"], "task_id": task.request.id,
+             "worker": f"{task.request.hostname}:{os.getpid()}", **meta}
     return services().get("conversations").commit(user, task.request.id, turns, entry)
 
 
