@@ -3,6 +3,7 @@
 Celery's own handling of a bad message is to log and drop (or reject) it. Here every message
 passes :func:`preflight` before Celery sees it; a message that fails is parked in the
 dead-letter store with the reason and acknowledged, and the worker takes the next one.
+List items that kombu cannot even parse are caught earlier, in ``tasks.transport``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from routing.router import user_id_of
 from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
 from services.registry import services
+from tasks.transport import GuardedTransport
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,15 @@ def preflight(message: Message, tasks: Any, max_payload_bytes: int) -> None:
 
 
 class ShardlineConsumer(Consumer):
-    """Celery's consumer with :func:`preflight` in front of every task message."""
+    """Celery's consumer with :func:`preflight` in front of every task message.
+
+    It reads through :class:`tasks.transport.GuardedTransport`, which dead-letters list items
+    that are not even kombu envelopes (kombu itself would stop the worker on them).
+    """
+
+    def connection_for_read(self, heartbeat: Any = None) -> Any:
+        return self.ensure_connected(
+            self.app.connection_for_read(heartbeat=heartbeat, transport=GuardedTransport))
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
