@@ -39,3 +39,33 @@ def expensive_component(settings: Any) -> ExpensiveComponent:
 
 def broken_component(settings: Any) -> Any:
     raise ConnectionError("vector store at 127.0.0.1:1 refused the connection")
+
+
+#: Set of message texts the flaky handler fails on (tests add and remove members).
+FAIL_TEXTS = "test:ai:fail-texts"
+#: While this key exists the flaky handler fails on every message.
+FAIL_ALL = "test:ai:fail-all"
+#: Counter of the flaky handler's calls.
+CALLS = "test:ai:calls"
+
+
+class Flaky(OfflineResponder):
+    """The offline responder, failing (HandlerUnavailable) as the test says in Redis."""
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings, latency_ms=0)
+        import redis
+
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    def reply(self, user_id: str, text: str, history: list[Any]) -> str:
+        from services.ai.base import HandlerUnavailable
+
+        self.redis.incr(CALLS)
+        if self.redis.exists(FAIL_ALL) or self.redis.sismember(FAIL_TEXTS, text):
+            raise HandlerUnavailable(f"test says fail on {text!r}")
+        return super().reply(user_id, text, history)
+
+
+def flaky(settings: Any) -> Flaky:
+    return Flaky(settings)
