@@ -1,1 +1,52 @@
-"""Job tasks (being written)."""
+"""The job tasks: one per job kind (routed by name to its workload queue) and the cancel guard.
+
+Progress lives in the job's Redis record (``jobs.store``), readable without a result backend;
+``update_state`` is called as well when a result backend is configured.
+"""
+
+from __future__ import annotations
+
+from celery import Task
+
+import celeryconfig
+from jobs.control import ENFORCE_CANCEL, enforce_cancel
+from jobs.kinds import KINDS
+from jobs.runner import run_job
+from services.registry import services
+from tasks.app import app
+from tasks.maintenance import job_store, lease_holder
+
+
+def _run(task: Task, job_id: str) -> str:
+    def ask(owner: str, prompt: str) -> str:
+        return str(services().get("ai").reply(owner, prompt, []))
+
+    def report(current: int, total: int, message: str) -> None:
+        if task.app.conf.result_backend:
+            task.update_state(state="PROGRESS",
+                              meta={"current": current, "total": total, "message": message})
+
+    return run_job(job_store(), job_id, holder=lease_holder(task.request.hostname,
+                                                            task.request.id),
+                   task_id=str(task.request.id), ask=ask,
+                   checkpoint_every=celeryconfig.settings.job_checkpoint_every,
+                   on_progress=report)
+
+
+@app.task(name=KINDS["profiling"].task_name, bind=True)
+def profiling_job(self: Task, job_id: str) -> str:
+    """Profile generated rows: per-column statistics, checkpointed every K rows."""
+    return _run(self, job_id)
+
+
+@app.task(name=KINDS["llm"].task_name, bind=True)
+def llm_batch_job(self: Task, job_id: str) -> str:
+    """Ask the AI handler about each prompt of the batch, checkpointed every K prompts."""
+    return _run(self, job_id)
+
+
+@app.task(name=ENFORCE_CANCEL)
+def enforce_cancel_task(job_id: str, runs: int | None = None) -> bool:
+    """Revoke a run that ignored its cancel request for ``JOB_CANCEL_GRACE_S``."""
+    return enforce_cancel(job_store(), app, job_id, celeryconfig.settings.job_cancel_grace_s,
+                          runs)

@@ -1,0 +1,68 @@
+"""Running one job in a worker: resume from the checkpoint, process items, obey pause/cancel.
+
+Control requests are cooperative and seen only at checkpoints (every ``checkpoint_every``
+items), so a pause always stops right after a committed item and ``resume`` continues with the
+next one. Items processed after the last checkpoint by a run that dies are processed again by
+the next run (their ids are committed only with a checkpoint, so the processed list and the
+result never count them twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from jobs.kinds import AskAI, kind_named
+from jobs.records import JobStatus
+from jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+#: ``(current, total, message)``: extra progress reporting (Celery ``update_state``).
+ProgressHook = Callable[[int, int, str], None]
+
+
+def run_job(store: JobStore, job_id: str, *, holder: str, task_id: str, ask: AskAI,
+            checkpoint_every: int, on_progress: ProgressHook | None = None) -> str:
+    """Run ``job_id`` under lease ``holder``; returns the status it left the job in."""
+    if not store.acquire(job_id, holder, task_id):
+        record = store.get(job_id)
+        log.info("job %s not runnable here (%s)", job_id, record.status if record else "gone")
+        return "not-runnable"
+    record = store.get(job_id)
+    assert record is not None
+    kind = kind_named(record.kind)
+    params, total = record.params, record.total
+    saved = store.load_checkpoint(job_id)
+    position = saved.position if saved else 0
+    state = saved.state if saved else kind.initial_state(params)
+    store.note_run_start(job_id, holder, position)
+    uncommitted: list[str] = []
+    try:
+        while position < total:
+            kind.process(params, position, state, ask, record.owner)
+            uncommitted.append(kind.item_id(params, position))
+            position += 1
+            message = f"{kind.name}: {position}/{total}"
+            if position % checkpoint_every and position < total:
+                verdict = store.progress(job_id, holder, position, message)
+            else:
+                verdict = store.checkpoint(job_id, holder, position, state, uncommitted, message)
+                uncommitted = []
+                if verdict == "cancel":
+                    store.settle(job_id, holder, JobStatus.CANCELLED, drop_checkpoint=True)
+                    return JobStatus.CANCELLED.value
+                if verdict == "pause" and position < total:
+                    store.settle(job_id, holder, JobStatus.PAUSED)
+                    return JobStatus.PAUSED.value
+            if verdict == "lost":
+                log.warning("job %s: lease lost at item %d, stopping this run", job_id, position)
+                return "lost"
+            if on_progress is not None:
+                on_progress(position, total, message)
+    except Exception as exc:
+        log.exception("job %s failed at item %d", job_id, position)
+        store.settle(job_id, holder, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return JobStatus.FAILED.value
+    store.settle(job_id, holder, JobStatus.COMPLETED, result=kind.result(params, state))
+    return JobStatus.COMPLETED.value

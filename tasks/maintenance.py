@@ -1,0 +1,63 @@
+"""Beat's maintenance pass and the restart pass: recover lost jobs and promises, clean up.
+
+``shardline.maintenance`` runs on the ``default`` queue every ``MAINTENANCE_INTERVAL_S`` (beat)
+and once when a workload worker starts, naming that worker, so runs it held before a
+``kill -9`` are re-queued at once instead of after ``WORK_LEASE_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery.signals import worker_ready
+
+import celeryconfig
+from jobs.control import clean_finished_jobs, recover_jobs
+from jobs.store import JobStore
+from routing.queues import WORKLOAD_QUEUES
+from services.registry import services
+from tasks.app import app
+
+log = logging.getLogger(__name__)
+
+#: This worker's boot: imported before the pool forks, so every child shares it.
+BOOT_ID = uuid.uuid4().hex
+MAINTENANCE = "shardline.maintenance"
+
+
+def job_store() -> JobStore:
+    return JobStore(services().get("redis"), ttl_s=celeryconfig.settings.job_ttl_s)
+
+
+def lease_holder(hostname: str | None, task_id: str | None) -> str:
+    """Who holds a job or promise run: ``node|boot|task``."""
+    return f"{hostname or '?'}|{BOOT_ID}|{task_id or '?'}"
+
+
+@app.task(name=MAINTENANCE)
+def maintenance(node: str | None = None, boot: str | None = None) -> dict[str, Any]:
+    """Re-queue lost job runs and promises, revoke overdue cancels, drop expired jobs."""
+    from promises.recovery import recover_promises
+    from promises.runtime import promise_service
+
+    s = celeryconfig.settings
+    store = job_store()
+    requeued = recover_jobs(store, app, lease_s=s.work_lease_s, node=node, boot=boot,
+                            grace_s=s.job_cancel_grace_s)
+    cleaned = clean_finished_jobs(store, s.job_ttl_s)
+    promised = recover_promises(promise_service(app), lease_s=s.work_lease_s, node=node,
+                                boot=boot)
+    if requeued or cleaned or promised:
+        log.info("maintenance: jobs re-queued %s, cleaned %s; promises re-dispatched %s",
+                 requeued, cleaned, promised)
+    return {"jobs_requeued": requeued, "jobs_cleaned": cleaned, "promises": promised}
+
+
+@worker_ready.connect
+def _recover_after_restart(sender: Any = None, **_: Any) -> None:
+    queues = getattr(sender.app.amqp.queues, "consume_from", None) or sender.app.amqp.queues
+    if not set(queues) & set(WORKLOAD_QUEUES):
+        return  # shard workers never hold jobs or promises
+    sender.app.send_task(MAINTENANCE, kwargs={"node": sender.hostname, "boot": BOOT_ID})

@@ -1,0 +1,144 @@
+"""Jobs on a real workload worker: progress, checkpoints, pause/resume, cancel, kill -9."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from deploy.launcher import wait_for_workers
+from jobs.control import cancel_job, clean_finished_jobs, create_job, pause_job, resume_job
+from jobs.kinds import Profiling
+from jobs.records import JobStatus
+from jobs.store import JobStore
+from routing import keys
+from routing.queues import WORKLOAD_QUEUES
+from tests.harness import WorkerSet, wait_until
+
+EVERY = 10
+
+
+def start_workload(workers: WorkerSet, producer: Any) -> None:
+    workers.start_celery("workloads", "-Q", ",".join(WORKLOAD_QUEUES), "-c", "2",
+                         "--prefetch-multiplier", "1")
+    wait_for_workers(producer, list(WORKLOAD_QUEUES))
+
+
+@pytest.fixture
+def jobs_env(workers: WorkerSet, producer: Any, rclient: Any) -> Iterator[JobStore]:
+    workers.env.update(JOB_CHECKPOINT_EVERY=str(EVERY), JOB_CANCEL_GRACE_S="1",
+                       WORK_LEASE_S="60", SHARD_COUNT="1")
+    start_workload(workers, producer)
+    yield JobStore(rclient, ttl_s=3600)
+
+
+def reference_profile(rows: int, seed: int) -> dict[str, Any]:
+    kind = Profiling()
+    params = {"rows": rows, "seed": seed}
+    state = kind.initial_state(params)
+    for i in range(rows):
+        kind.process(params, i, state, lambda o, p: "", "x")
+    return kind.result(params, state)
+
+
+def status_of(store: JobStore, job_id: str) -> JobStatus:
+    record = store.get(job_id)
+    assert record is not None
+    return record.status
+
+
+def test_profiling_job_reports_progress_and_exact_stats(jobs_env, producer):
+    """Breaks if progress is not written to the job record, if the result differs from a
+    straight computation (state lost between checkpoints), if item ids are committed twice,
+    or if cleanup removes unfinished jobs or keeps expired finished ones."""
+    store = jobs_env
+    job = create_job(store, producer, kind="profiling", owner="alice", priority=3,
+                     params={"rows": 120, "seed": 5, "item_delay_ms": 5})
+    seen: list[int] = []
+    wait_until(lambda: (seen.append(store.get(job.id).current)  # type: ignore[union-attr]
+                        or status_of(store, job.id) == JobStatus.COMPLETED), 60,
+               what="profiling job completed")
+    record = store.get(job.id)
+    assert record is not None and record.result == reference_profile(120, 5)
+    assert record.public()["progress"] == {"current": 120, "total": 120, "percent": 100.0,
+                                           "message": "profiling: 120/120"}
+    assert any(0 < c < 120 for c in seen), "progress was never seen between 0 and total"
+    assert store.processed(job.id) == [f"row-{i}" for i in range(120)]
+    paused = create_job(store, producer, kind="profiling", owner="alice", priority=9,
+                        params={"rows": 5})
+    pause_job(store, paused.id, "alice")
+    assert clean_finished_jobs(store, ttl_s=0) == [job.id]
+    assert not store.redis.exists(keys.job(job.id), keys.job_processed(job.id))
+    assert store.get(paused.id) is not None
+
+
+def test_pause_then_resume_processes_every_item_exactly_once(jobs_env, producer):
+    """Breaks if a pause does not stop at a checkpoint, if resume restarts from zero or skips
+    past the checkpoint, or if an item id is committed twice or never."""
+    store = jobs_env
+    job = create_job(store, producer, kind="llm", owner="bob", priority=0,
+                     params={"prompts": [f"q{i}" for i in range(80)], "item_delay_ms": 20})
+    wait_until(lambda: store.get(job.id).current >= 15, 60, what="job under way")  # type: ignore[union-attr]
+    pause_job(store, job.id, "bob")
+    wait_until(lambda: status_of(store, job.id) == JobStatus.PAUSED, 30, what="job paused")
+    saved = store.load_checkpoint(job.id)
+    assert saved is not None and saved.position % EVERY == 0 and 0 < saved.position < 80
+    assert len(store.processed(job.id)) == saved.position
+    resume_job(store, producer, job.id, "bob")
+    wait_until(lambda: status_of(store, job.id) == JobStatus.COMPLETED, 60, what="completed")
+    record = store.get(job.id)
+    assert record is not None
+    assert store.processed(job.id) == [f"prompt-{i}" for i in range(80)]
+    assert record.resumed_from == [0, saved.position]
+    assert [r.split(" (")[0] for r in record.result["replies"]] == [f"re: q{i}" for i in range(80)]
+
+
+def test_cancel_stops_at_checkpoint_and_clears_it(jobs_env, producer):
+    """Breaks if a cancel is ignored by a running job or leaves its checkpoint behind."""
+    store = jobs_env
+    job = create_job(store, producer, kind="profiling", owner="alice", priority=3,
+                     params={"rows": 2000, "item_delay_ms": 5})
+    wait_until(lambda: store.get(job.id).current >= 25, 60, what="job under way")  # type: ignore[union-attr]
+    assert store.load_checkpoint(job.id) is not None
+    cancel_job(store, producer, job.id, "alice", grace_s=30)
+    wait_until(lambda: status_of(store, job.id) == JobStatus.CANCELLED, 30, what="cancelled")
+    assert store.load_checkpoint(job.id) is None
+    assert store.get(job.id).current < 2000  # type: ignore[union-attr]
+
+
+def test_cancel_revokes_a_job_that_never_reaches_a_checkpoint(jobs_env, producer, workers):
+    """Breaks if the JOB_CANCEL_GRACE_S fallback (revoke terminate) is missing: the job would
+    stay running for minutes; or if the worker cannot take new work afterwards."""
+    store = jobs_env
+    job = create_job(store, producer, kind="profiling", owner="alice", priority=3,
+                     params={"rows": 5, "item_delay_ms": 10_000})
+    wait_until(lambda: status_of(store, job.id) == JobStatus.RUNNING, 30, what="running")
+    cancel_job(store, producer, job.id, "alice", grace_s=1)
+    wait_until(lambda: status_of(store, job.id) == JobStatus.CANCELLED, 30,
+               what="cancel enforced by revoke")
+    assert store.load_checkpoint(job.id) is None
+    after = create_job(store, producer, kind="profiling", owner="alice", priority=0,
+                       params={"rows": 20})
+    wait_until(lambda: status_of(store, after.id) == JobStatus.COMPLETED, 60,
+               what="worker serves the next job")
+    assert "Terminating" in workers.log("workloads") or "SIGKILL" in workers.log("workloads")
+
+
+def test_killed_worker_resumes_from_last_checkpoint(jobs_env, producer, workers):
+    """Breaks if a job restarts from zero after kill -9 (checkpoint unused), never finishes
+    (lost message not recovered at worker start), or commits an item twice."""
+    store = jobs_env
+    job = create_job(store, producer, kind="profiling", owner="alice", priority=3,
+                     params={"rows": 150, "seed": 9, "item_delay_ms": 20})
+    wait_until(lambda: store.get(job.id).current >= 45, 60, what="job under way")  # type: ignore[union-attr]
+    workers.kill("workloads")
+    killed_at = store.get(job.id).current  # type: ignore[union-attr]
+    start_workload(workers, producer)
+    wait_until(lambda: status_of(store, job.id) == JobStatus.COMPLETED, 90, what="completed")
+    record = store.get(job.id)
+    assert record is not None and record.runs == 2
+    first, resumed = record.resumed_from
+    assert first == 0 and resumed % EVERY == 0 and killed_at - EVERY <= resumed <= killed_at
+    assert store.processed(job.id) == [f"row-{i}" for i in range(150)]
+    assert record.result == reference_profile(150, 9)
