@@ -15,6 +15,7 @@ from jobs.runner import run_job
 from services.registry import services
 from tasks.app import app
 from tasks.maintenance import job_store, lease_holder
+from tasks.workload import WorkloadTask
 
 
 def _run(task: Task, job_id: str) -> str:
@@ -33,13 +34,13 @@ def _run(task: Task, job_id: str) -> str:
                    on_progress=report)
 
 
-@app.task(name=KINDS["profiling"].task_name, bind=True)
+@app.task(name=KINDS["profiling"].task_name, base=WorkloadTask, bind=True)
 def profiling_job(self: Task, job_id: str) -> str:
     """Profile generated rows: per-column statistics, checkpointed every K rows."""
     return _run(self, job_id)
 
 
-@app.task(name=KINDS["llm"].task_name, bind=True)
+@app.task(name=KINDS["llm"].task_name, base=WorkloadTask, bind=True)
 def llm_batch_job(self: Task, job_id: str) -> str:
     """Ask the AI handler about each prompt of the batch, checkpointed every K prompts."""
     return _run(self, job_id)

@@ -9,9 +9,10 @@ from promises.service import RUN_PROMISE
 from services.registry import services
 from tasks.app import app
 from tasks.maintenance import lease_holder
+from tasks.workload import WorkloadTask
 
 
-@app.task(name=RUN_PROMISE, bind=True)
+@app.task(name=RUN_PROMISE, base=WorkloadTask, bind=True)
 def run_promise_task(self: Task, promise_id: str, attempt: int) -> str:
     """Do the promise's work if ``attempt`` is still its current dispatch; record it once."""
     registry = services()
