@@ -20,14 +20,17 @@ run: $(STAMP)
 	$(VENV)/bin/shardline run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check routing tasks services deploy cli tests bench celeryconfig.py
-	$(VENV)/bin/mypy routing tasks services deploy cli celeryconfig.py
+	$(VENV)/bin/ruff check routing tasks services deploy cli tests bench chaos celeryconfig.py
+	$(VENV)/bin/mypy routing tasks services deploy cli chaos celeryconfig.py
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+chaos: $(STAMP)
+	$(PY) -m chaos.run
 
 clean:
 	rm -rf $(VENV) .shardline .pytest_cache .mypy_cache .ruff_cache
