@@ -54,11 +54,12 @@ class IngestLog:
         # nothing sent after ``after`` has an id below it.
         cursor = str(max(int(after * 1000), 0))
         while True:
-            batch = self.redis.xrange(keys.INGEST_LOG, min=cursor, max="+", count=1000)
-            for _entry_id, f in batch:  # type: ignore[union-attr]
+            batch: list[tuple[str, dict[str, str]]] = self.redis.xrange(  # type: ignore[assignment]
+                keys.INGEST_LOG, min=cursor, max="+", count=1000)
+            for _entry_id, f in batch:
                 yield IngestedMessage(user_id=f["user_id"], chat_id=f["chat_id"],
                                       message_id=f["message_id"], text=f["text"],
                                       sent_at=float(f["sent_at"]), task_id=f.get("task_id", ""))
-            if len(batch) < 1000:  # type: ignore[arg-type]
+            if len(batch) < 1000:
                 return
-            cursor = "(" + batch[-1][0]  # type: ignore[index]
+            cursor = "(" + batch[-1][0]
