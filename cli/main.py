@@ -117,6 +117,9 @@ def demo(users: int, messages: int, proactive_every: int, timeout: float) -> Non
 
 main.add_command(dlq)
 main.add_command(breaker)
+from cli.relay import relay  # noqa: E402
+
+main.add_command(relay)
 
 if __name__ == "__main__":
     main()
