@@ -158,6 +158,9 @@ class Settings:
     #: ``alice:token,bob:token``; empty disables auth and binds the API to loopback only.
     api_tokens: str
     telegram_webhook_secret: str
+    #: Where ``python -m api`` listens (API_HOST, API_PORT); loopback forced without tokens.
+    api_host: str
+    api_port: int
     #: "skip": a parked message lets the user's later ones go on; "hold": they wait for it.
     ordered_on_failure: str
     #: Consecutive AI handler failures that open the circuit breaker.
@@ -224,6 +227,8 @@ class Settings:
             catchup_window_s=_int("CATCHUP_WINDOW_S", 300),
             api_tokens=_str("API_TOKENS", ""),
             telegram_webhook_secret=_str("TELEGRAM_WEBHOOK_SECRET", ""),
+            api_host=_str("API_HOST", "127.0.0.1"),
+            api_port=_int("API_PORT", 8000),
             ordered_on_failure=_on_failure(_str("ORDERED_ON_FAILURE", "skip")),
             breaker_failures=max(_int("BREAKER_FAILURES", 5), 1),
             breaker_open_s=_float("BREAKER_OPEN_S", 30.0),
