@@ -182,7 +182,7 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
 
     try:
         with_publish_retry(app, f"publish {len(to_send)} message(s)", publish)
-    except PublishFailed:
+    except Exception:  # PublishFailed, or the router refusing a message: nothing was sent
         ours = [c for i, c in claims if not results[i].duplicate]
         try:
             _dedup(app).release(ours)

@@ -279,12 +279,10 @@ def test_reply_gate_control_send_waits_per_message(redis_server, redis_url, rcli
         gate.close()
 
 
-@pytest.mark.xfail(strict=True, reason="dispatch_batch releases dedup claims only on "
-                   "PublishFailed, not when the router raises mid-batch")
 def test_failed_batch_leaves_no_dedup_claims(producer, rclient) -> None:  # type: ignore[no-untyped-def]
-    """Breaks (today) because a batch aborted by the router after the dedup claims keeps its
-    claims: nothing was published, yet resending the corrected batch reports every message
-    as a duplicate and publishes none of them, so they are silently lost."""
+    """Breaks if a batch aborted by the router after the dedup claims keeps its claims:
+    nothing was published, yet resending the corrected batch would report every message as
+    a duplicate and publish none of them, so they would be silently lost."""
     good = _messages()[:10]
     with pytest.raises(InvalidUserId):
         dispatch_batch(producer, [*good, ChatMessage(3, "x", extra={"user_id": -1})])
