@@ -4,7 +4,7 @@ Producers hold a Celery *client* app built from ``celeryconfig`` (:func:`produce
 knows no task code and sends by task name, so importing this module never imports the worker.
 Every message goes through the router (``task_routes``) and so through its checks. A
 message with a ``message_id`` is published at most once per user within ``DEDUP_WINDOW_S``
-(``services.dedup``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
+(``routing.dedup``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
 then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (ORDERING.md).
 """
 
@@ -21,10 +21,10 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
+from routing.dedup import Claim, DedupStore
 from routing.errors import InvalidDispatch, PublishFailed
 from routing.queues import SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE
 from routing.userid import canonical_user_id
-from services.dedup import Claim, DedupStore
 
 T = TypeVar("T")
 

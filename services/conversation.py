@@ -70,5 +70,6 @@ class ConversationStore:
 
     def outbox(self, user: str, count: int | None = None) -> list[dict[str, str]]:
         """The user's outbox entries, oldest first, each with its stream ``id``."""
-        entries = self.redis.xrange(keys.outbox(user), count=count)
+        entries: list[tuple[str, dict[str, str]]] = self.redis.xrange(  # type: ignore[assignment]
+            keys.outbox(user), count=count)
         return [{"id": entry_id, **fields} for entry_id, fields in entries]
