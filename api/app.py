@@ -1,0 +1,92 @@
+"""The FastAPI application: routers, error mapping, request metrics, start-up passes.
+
+Errors: a bad field is 422 naming it, an unknown id 404, another owner's id 403, a control
+request that does not apply 409, an unreachable broker 503. Served by ``python -m api``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from api import routes_messages, routes_ops, routes_work
+from api.auth import parse_tokens
+from api.routes_ops import API_REQUESTS
+from api.state import ApiState
+from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
+from routing.errors import InvalidDispatch, InvalidUserId, PublishFailed
+
+log = logging.getLogger("shardline.api")
+
+
+def _field_error(field: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"loc": ["body", *field.split(".")], "msg": message,
+                                     "type": "value_error"}]}, status_code=422)
+
+
+def _install_error_mapping(app: FastAPI) -> None:
+    @app.exception_handler(InvalidWork)
+    async def invalid_work(_: Request, exc: InvalidWork) -> JSONResponse:
+        return _field_error(exc.field, exc.message)
+
+    @app.exception_handler(InvalidUserId)
+    async def invalid_user(_: Request, exc: InvalidUserId) -> JSONResponse:
+        return _field_error("user_id", str(exc))
+
+    @app.exception_handler(InvalidDispatch)
+    async def invalid_dispatch(_: Request, exc: InvalidDispatch) -> JSONResponse:
+        return _field_error("text", str(exc))
+
+    simple: dict[type[Exception], int] = {WorkNotFound: 404, NotOwner: 403,
+                                          InvalidTransition: 409, PublishFailed: 503}
+    for error, code in simple.items():
+        async def handler(_: Request, exc: Exception, code: int = code) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+
+        app.add_exception_handler(error, handler)
+
+
+def create_app(settings: Any = None) -> FastAPI:
+    if settings is None:
+        import celeryconfig
+
+        settings = celeryconfig.settings
+    tokens = parse_tokens(settings.api_tokens)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not tokens:
+            log.warning("API_TOKENS is empty: no authentication, every caller is owner "
+                        "'local'; serve on loopback only")
+        st = ApiState.build(settings)
+        app.state.shardline = st
+        st.start_up()
+        yield
+        st.close()
+
+    app = FastAPI(title="shardline", version="0.1.0", lifespan=lifespan,
+                  description="Ordered per-user AI chat, jobs and promises over HTTP.")
+    app.state.tokens = tokens
+    app.include_router(routes_messages.router)
+    app.include_router(routes_work.jobs)
+    app.include_router(routes_work.promises)
+    app.include_router(routes_ops.router)
+    _install_error_mapping(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request,
+                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        API_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,41 @@
+"""Request bodies. Pydantic names the bad field in every 422."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class MessageIn(BaseModel):
+    user_id: int | str = Field(description="The user; ints and digit strings are the same user.")
+    text: str = Field(min_length=1)
+    message_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                   description="Idempotency key: a repeat is not sent again.")
+    chat_id: int | str | None = None
+
+
+class MessageAccepted(BaseModel):
+    task_id: str
+    duplicate: bool
+    message_id: str
+
+
+class JobIn(BaseModel):
+    kind: Literal["profiling", "llm"]
+    priority: int = Field(default=5, ge=0, le=9, description="0 is the highest priority.")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromiseIn(BaseModel):
+    user_id: int | str
+    type: Literal["echo", "sum", "llm", "fail"]
+    description: str = Field(default="", max_length=2000)
+    params: dict[str, Any] = Field(default_factory=dict)
+    parents: list[str] = Field(default_factory=list, max_length=100)
+    id: str | None = Field(default=None, min_length=1, max_length=64,
+                           pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class PromiseBatchIn(BaseModel):
+    promises: list[PromiseIn] = Field(min_length=1, max_length=500)
