@@ -121,5 +121,11 @@ from cli.relay import relay  # noqa: E402
 
 main.add_command(relay)
 
+from cli.jobs import jobs  # noqa: E402
+from cli.promises import promises  # noqa: E402
+
+main.add_command(jobs)
+main.add_command(promises)
+
 if __name__ == "__main__":
     main()
