@@ -1,0 +1,18 @@
+"""Every environment variable celeryconfig.py reads is in the README's configuration table."""
+
+from __future__ import annotations
+
+import re
+
+from deploy.launcher import PROJECT_DIR
+
+
+def test_every_setting_is_documented():
+    """Fails when a setting is added to celeryconfig.py without a row in the README table."""
+    source = (PROJECT_DIR / "celeryconfig.py").read_text()
+    names = set(re.findall(r'_(?:int|str|float|choice)\("([A-Z_]+)"', source))
+    names |= set(re.findall(r'environ\.get\("([A-Z_]+)"\)', source))
+    readme = (PROJECT_DIR / "README.md").read_text()
+    missing = sorted(n for n in names if f"| `{n}` |" not in readme)
+    assert len(names) > 30
+    assert not missing, f"settings missing from the README table: {missing}"
