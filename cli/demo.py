@@ -29,9 +29,16 @@ def run_demo(settings: Any, *, users: int, messages: int, proactive_every: int,
         os.environ["REDIS_URL"] = url
         app = producer_app()
         app.conf.broker_url = url
-        with procfile_running(url, quiet=True):
-            wait_for_workers(app, [shard_queue(s) for s in range(settings.shard_count)])
-            return _play(console, app, url, users, messages, proactive_every, timeout_s)
+        from deploy.embedded_redis import free_port
+        from routing.queues import WORKLOAD_QUEUES
+
+        with procfile_running(url, quiet=True, API_PORT=str(free_port())):
+            wait_for_workers(app, [shard_queue(s) for s in range(settings.shard_count)]
+                             + list(WORKLOAD_QUEUES))
+            chat = _play(console, app, url, users, messages, proactive_every, timeout_s)
+            from cli.demo_work import show_jobs_and_promises
+
+            return chat or show_jobs_and_promises(console, app, url, settings)
 
 
 def _play(console: Console, app: Any, url: str, users: int, messages: int,
