@@ -1,0 +1,130 @@
+"""The deployments under test, each on its own fresh private Redis, and the publish rates.
+
+Everything started here is stopped here (context managers), on success and on error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import redis
+from celery import Celery
+
+from bench.cpu import group_cpu_s, process_cpu_s
+from bench.drain import DrainResult, drain_once, prepare
+from bench.publish import PublishResult, measure_publish
+from bench.workers import Workers, celery_worker_argv
+from deploy.embedded_redis import EmbeddedRedis
+from deploy.shards import shard_worker_argv
+from routing import ChatMessage, ShardRouter
+from routing.queues import shard_queue
+
+SHARDS = 4
+NAIVE_CONCURRENCY = 4
+LOGLEVEL = "INFO"
+
+
+def worker_env(home: Path) -> dict[str, str]:
+    """The same no-op workload for every worker: offline responder, no simulated latency."""
+    return {"SHARDLINE_HOME": str(home), "SHARD_COUNT": str(SHARDS), "AI_LATENCY_MS": "0",
+            "AI_HANDLER": "services.ai.offline:OfflineResponder", "MESSENGER": "outbox",
+            "LOG_LEVEL": LOGLEVEL, "SHARD_RANGE": ""}
+
+
+def producer(url: str, shard_count: int) -> Celery:
+    app = Celery("shardline-bench")
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = url
+    app.conf.task_routes = (ShardRouter(shard_count),)
+    return app
+
+
+@contextmanager
+def fresh_redis(work_dir: Path, name: str) -> Iterator[tuple[EmbeddedRedis, redis.Redis]]:
+    """A new private redis-server on a free port (never the machine's 6379), then stopped."""
+    server = EmbeddedRedis(work_dir / name / "redis")
+    server.start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+@dataclass
+class Deployment:
+    """Running, warmed-up workers on their own Redis, ready for timed drains."""
+
+    name: str
+    app: Celery
+    client: redis.Redis
+    workers: Workers
+    owners: dict[str, str]
+    redis_pid: int
+
+    def drain(self, messages: Sequence[ChatMessage]) -> DrainResult:
+        groups = self.workers.pids()  # each worker leads its own process group
+        worker_cpu, redis_cpu = group_cpu_s(groups), process_cpu_s(self.redis_pid)
+        result = drain_once(self.app, self.client, self.owners, messages,
+                            self.workers.check_alive)
+        # Includes the pause and the order check around the timed drain: idle, nearly free.
+        return replace(result, worker_cpu_s=group_cpu_s(groups) - worker_cpu,
+                       redis_cpu_s=process_cpu_s(self.redis_pid) - redis_cpu)
+
+
+@contextmanager
+def deployment(work_dir: Path, name: str, shard_count: int,
+               start: Callable[[Workers], None],
+               warmup: Sequence[ChatMessage]) -> Iterator[Deployment]:
+    with fresh_redis(work_dir, name) as (server, client):
+        url = server.url
+        app = producer(url, shard_count)
+        try:
+            with Workers(url, work_dir / name / "logs",
+                         **worker_env(work_dir / name / "home")) as workers:
+                start(workers)
+                queues = [shard_queue(s) for s in range(shard_count)]
+                owners = prepare(app, client, queues, warmup, workers.check_alive)
+                assert server.process is not None
+                yield Deployment(name, app, client, workers, owners, server.process.pid)
+        finally:
+            app.close()
+
+
+def _start_shards(workers: Workers) -> None:
+    for shard in range(SHARDS):
+        workers.start(f"shard-{shard}", shard_worker_argv(shard, LOGLEVEL))
+
+
+def _start_naive(workers: Workers) -> None:
+    workers.start("naive", celery_worker_argv(
+        "naive", "-P", "prefork", "-c", str(NAIVE_CONCURRENCY), "--prefetch-multiplier", "1",
+        "-Q", shard_queue(0), loglevel=LOGLEVEL))
+
+
+def shards_deployment(work_dir: Path,
+                      warmup: Sequence[ChatMessage]) -> AbstractContextManager[Deployment]:
+    """4 solo shard workers, each alone on its queue, exactly as ``deploy.shards`` runs them."""
+    return deployment(work_dir, "shards", SHARDS, _start_shards, warmup)
+
+
+def naive_deployment(work_dir: Path,
+                     warmup: Sequence[ChatMessage]) -> AbstractContextManager[Deployment]:
+    """The deployment shards replace: one prefork worker, -c 4, on one queue (everything
+    routed to shard.0; acks_late and prefetch multiplier 1 come from celeryconfig)."""
+    return deployment(work_dir, "naive", 1, _start_naive, warmup)
+
+
+def publish_rates(work_dir: Path, messages: Sequence[ChatMessage], batch_size: int,
+                  rounds: int) -> PublishResult:
+    with fresh_redis(work_dir, "publish") as (server, client):
+        app = producer(server.url, SHARDS)
+        try:
+            return measure_publish(app, client, [shard_queue(s) for s in range(SHARDS)],
+                                   messages, batch_size, rounds)
+        finally:
+            app.close()
