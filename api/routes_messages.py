@@ -66,7 +66,8 @@ async def telegram_webhook(request: Request, st: State) -> JSONResponse:
         user, chat = message["from"]["id"], message["chat"]["id"]
         message_id = f"tg:{message['message_id']}"
     except (KeyError, TypeError):
-        raise HTTPException(422, "message needs from.id, chat.id and message_id") from None
+        # A channel post has no sender: acknowledged, or Telegram would retry it forever.
+        return JSONResponse({"ok": True, "ignored": True})
     accepted = accept(st, user, message["text"], message_id, chat,
                       float(message.get("date") or time.time()))
     return JSONResponse({"ok": True, **accepted.model_dump()})
