@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import IntegrityError
 
-from jobs.errors import InvalidWork, NotOwner, WorkNotFound
+from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from promises.kinds import check_params
 from promises.models import PromiseEdge, PromiseRow, PromiseStatus
 from promises.store import Promise, PromiseStore
@@ -114,8 +114,11 @@ class PromiseService:
 
     def cancel(self, promise_id: str, owner: str | None) -> Promise:
         self.owned(promise_id, owner)
-        if self.store.cancel(promise_id):
-            self.finished(self.owned(promise_id, owner))
+        if not self.store.cancel(promise_id):
+            raise InvalidTransition(
+                f"promise {promise_id!r} is {self.owned(promise_id, owner).status.value} "
+                "and cannot be cancelled")
+        self.finished(self.owned(promise_id, owner))
         return self.owned(promise_id, owner)
 
     # ---- moving the DAG forward ----

@@ -127,6 +127,7 @@ def test_jobs_and_promises_are_owner_scoped(workers, producer, rclient, tmp_path
     assert http.get("/v1/promises/b", headers=ALICE).json()["result"] == 5
     assert http.get("/v1/promises/b", headers=BOB).status_code == 403
     assert http.post("/v1/promises/a/cancel", headers=BOB).status_code == 403
+    assert http.post("/v1/promises/a/cancel", headers=ALICE).status_code == 409
     cycle = [{"id": "x", "user_id": "u1", "type": "echo", "parents": ["y"]},
              {"id": "y", "user_id": "u1", "type": "echo", "parents": ["x"]}]
     refused = http.post("/v1/promises/batch", json={"promises": cycle}, headers=ALICE)
