@@ -142,3 +142,25 @@ def test_killed_worker_resumes_from_last_checkpoint(jobs_env, producer, workers)
     assert first == 0 and resumed % EVERY == 0 and killed_at - EVERY <= resumed <= killed_at
     assert store.processed(job.id) == [f"row-{i}" for i in range(150)]
     assert record.result == reference_profile(150, 9)
+
+
+def test_higher_priority_job_runs_first(workers, producer, rclient):
+    """Breaks if a job's priority is not passed to the broker or is inverted (0 must be the
+    highest): with one busy slot, a priority-0 job queued after a priority-9 one runs first."""
+    workers.env.update(SHARD_COUNT="1")
+    workers.start_celery("workloads", "-Q", ",".join(WORKLOAD_QUEUES), "-c", "1",
+                         "--prefetch-multiplier", "1")
+    wait_for_workers(producer, list(WORKLOAD_QUEUES))
+    store = JobStore(rclient, ttl_s=3600)
+    blocker = create_job(store, producer, kind="profiling", owner="a", priority=5,
+                         params={"rows": 3, "item_delay_ms": 400})
+    wait_until(lambda: status_of(store, blocker.id) == JobStatus.RUNNING, 30, what="busy")
+    low = create_job(store, producer, kind="profiling", owner="a", priority=9,
+                     params={"rows": 5})
+    high = create_job(store, producer, kind="profiling", owner="a", priority=0,
+                      params={"rows": 5})
+    wait_until(lambda: status_of(store, low.id) == JobStatus.COMPLETED, 60, what="both ran")
+    low_done, high_done = store.get(low.id), store.get(high.id)
+    assert low_done is not None and high_done is not None
+    assert high_done.status == JobStatus.COMPLETED
+    assert high_done.finished_at < low_done.finished_at  # type: ignore[operator]
