@@ -3,6 +3,7 @@ notifications through the user's shard, and recovery after every worker is kille
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,3 +157,19 @@ def _celery() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "celery", "-A", "tasks"]
+
+
+def test_promises_committed_by_a_dead_api_are_dispatched_at_worker_start(service, workers,
+                                                                        producer,
+                                                                        database_url):  # noqa: F811
+    """Breaks if the start-up pass does not pick up promises whose creator (the API) died
+    after committing them but before dispatching any: they would stay pending forever."""
+    now = time.time()
+    service.store.insert(
+        [PromiseRow(id=i, owner="alice", user_id=USER, description=i, type="sum",
+                    params='{"value": 1}', status="pending", attempt=0, retries=0,
+                    created_at=now, updated_at=now) for i in ("r", "s")],
+        [PromiseEdge(child_id="s", parent_id="r")])
+    start_all(workers, producer, database_url)
+    wait_until(lambda: all_final(service, ["r", "s"]), 60, what="orphans finished")
+    assert service.store.get("s").result == 2  # type: ignore[union-attr]
