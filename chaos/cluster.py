@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.embedded_redis import EmbeddedRedis
-from deploy.launcher import PROJECT_DIR, child_env
+from deploy.launcher import PROJECT_DIR, child_env, stop_groups
 from deploy.shards import shard_worker_argv
 
 
@@ -104,17 +104,7 @@ class ChaosCluster:
         if self._supervisor.is_alive():
             self._supervisor.join()
         with self._lock:
-            for proc in self.procs.values():
-                if proc.poll() is None:
-                    _killpg(proc, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            for proc in self.procs.values():
-                try:
-                    proc.wait(max(deadline - time.monotonic(), 0.1))
-                except subprocess.TimeoutExpired:
-                    pass
-                _killpg(proc, signal.SIGKILL)
-                proc.wait()
+            stop_groups(self.procs.values(), grace_s)
         self.redis.stop()
 
 

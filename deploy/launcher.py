@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,22 +63,33 @@ def procfile_running(redis_url: str, *, processes: list[str] | None = None,
         stop_group(proc)
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
-    """SIGTERM a process group, wait, then SIGKILL whatever is left of it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+        os.killpg(proc.pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
+
+
+def stop_groups(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
+    """SIGTERM each process group, wait for all within one grace period, then SIGKILL
+    whatever is left of each group (stragglers a leader left behind included)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """:func:`stop_groups` for one process group."""
+    stop_groups([proc], grace_s)
 
 
 def wait_for_workers(app: Any, queues: list[str], timeout_s: float = 90.0) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from deploy.launcher import PROJECT_DIR, child_env, wait_for_workers
+from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
 from deploy.shards import shard_worker_argv
 from routing.queues import shard_queue
 
@@ -73,20 +73,7 @@ class WorkerSet:
         proc.wait()
 
     def stop_all(self, grace_s: float = 20.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        stop_groups(self.procs.values(), grace_s)
         self.procs.clear()
 
     def log(self, name: str) -> str:
