@@ -21,6 +21,7 @@ from promises.recovery import recover_promises
 from promises.runtime import promise_service
 from promises.service import PromiseService
 from routing import keys, producer_app
+from routing.dispatch import max_text_bytes
 from services.redis_client import connect
 
 log = logging.getLogger("shardline.api")
@@ -51,7 +52,7 @@ class ApiState:
         s = self.settings
         acted = recover_promises(self.promises, lease_s=s.work_lease_s)
         missed = catch_up(self.ingest, self.producer, start=time.time(),
-                          window_s=s.catchup_window_s, max_text_bytes=s.max_payload_bytes // 2,
+                          window_s=s.catchup_window_s, max_text_bytes=max_text_bytes(),
                           processed=lambda m: bool(m.task_id)
                           and bool(self.redis.exists(keys.done(m.task_id))))
         log.info("start-up: %d promise(s) moved on, %d missed message(s) queued",

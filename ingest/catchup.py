@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from celery import Celery
 
 from ingest.log import IngestedMessage, MessageSource
-from routing.dispatch import ChatMessage, send, validate, with_publish_retry
+from routing.dispatch import ChatMessage, publish_task, send, validate
 
 #: ``message -> True`` when it was already answered.
 Processed = Callable[[IngestedMessage], bool]
@@ -49,10 +49,8 @@ def republish(app: Celery, message: IngestedMessage, max_text_bytes: int) -> str
     if not message.task_id:
         return send(app, chat).task_id  # its first publish failed, so its claim was released
     validate(chat, max_text_bytes)
-    with_publish_retry(app, "republish a missed message", lambda: app.send_task(
-        chat.task_name, args=(chat.user_id, chat.text), kwargs=chat.task_kwargs(),
-        task_id=message.task_id, retry=False))
-    return message.task_id
+    return publish_task(app, chat.task_name, [chat.user_id, chat.text], chat.task_kwargs(),
+                        task_id=message.task_id)
 
 
 def catch_up(source: MessageSource, app: Celery, *, start: float, window_s: float,

@@ -72,7 +72,8 @@ def validate(message: ChatMessage, max_text_bytes: int) -> None:
         raise InvalidDispatch(f"text is {size} bytes, over the limit of {max_text_bytes} bytes")
 
 
-def _max_text_bytes(app: Celery) -> int:
+def max_text_bytes() -> int:
+    """Longest text a producer may send, in UTF-8 bytes."""
     import celeryconfig
 
     # Leave room for the envelope (headers, base64 body) under the worker's payload limit.
@@ -156,7 +157,7 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
     pipelined round trip.
     """
     batch = list(messages)
-    limit = _max_text_bytes(app)
+    limit = max_text_bytes()
     for message in batch:
         validate(message, limit)
     ids = [uuid() for _ in batch]
@@ -198,11 +199,12 @@ def send(app: Celery, message: ChatMessage) -> DispatchResult:
 
 
 def publish_task(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], *,
-                 headers: dict[str, Any] | None = None) -> str:
-    """Publish one task by name through the router (replays, control tasks); its task id."""
+                 headers: dict[str, Any] | None = None, task_id: str | None = None) -> str:
+    """Publish one task by name through the router (replays, control tasks, notices that
+    carry a fixed ``task_id`` so the worker's done-marker drops a resend); its task id."""
     validate_user = kwargs.get("user_id", args[0] if args else None)
     canonical_user_id(validate_user)
-    task_id = uuid()
+    task_id = task_id or uuid()
     with_publish_retry(app, f"publish {name}", lambda: app.send_task(
         name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {}, retry=False))
     return task_id
