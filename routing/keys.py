@@ -109,6 +109,15 @@ def shard_fence(shard: int) -> str:
     return f"{PREFIX}shard-fence:{shard}"
 
 
+def inflight(queue: str) -> str:
+    """List of the messages a shard worker took from ``queue`` and has not acked yet.
+
+    The worker moves each message here with one BLMOVE (atomic in Redis), so no crash of the
+    worker or of Redis can lose a taken message; the shard's next lease owner puts what is left
+    back at the head of ``queue``.
+    """
+    return f"{PREFIX}inflight:{queue}"
+
 # kombu's keys that shardline reads and writes (names fixed by kombu's Redis Channel defaults).
 #: kombu's hash delivery tag -> JSON ``[message, exchange, routing_key]`` of unacked messages.
 KOMBU_UNACKED = "unacked"

@@ -7,6 +7,16 @@ is gone by then (it never reaches ``unacked``), so a supervisor restart loses it
 bad item crashes the worker again. Here the BRPOP reply is checked first: an item kombu could
 not turn into a message is dead-lettered (``raw``) and the read reports "nothing arrived".
 
+A shard worker (a channel consuming exactly one shard queue) takes messages with
+``BLMOVE shard.N -> shardline:inflight:shard.N`` instead of BRPOP. kombu's BRPOP removes the
+message first and records it in ``unacked`` afterwards, from the client: a kill -9 of the worker,
+or a Redis crash, between the two loses the message (the chaos suite lost one message this way
+in about one run in four). BLMOVE is one atomic command, so a taken message is always either in
+the queue or in the in-flight list. The ack removes it from the in-flight list in the same
+MULTI/EXEC as kombu's ``unacked`` entry; the shard's next lease owner restores whatever is left
+(``services.stranded``). Shard messages never carry a priority (the router refuses one), so a
+shard queue has no priority sub-lists to read.
+
 Only workers use this transport (``ShardlineConsumer.connection_for_read``); it must never
 change what a valid envelope looks like to kombu.
 """
@@ -16,11 +26,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads as kombu_loads
 
+from routing import keys
+from routing.queues import shard_of_queue
 from services.deadletter import DeadLetter
 from services.registry import services
 
@@ -88,10 +104,77 @@ class _GuardedRedis(redis.Redis):
         return reply
 
 
+class InflightQoS(kombu_redis.QoS):
+    """kombu's ack emulation, plus: an acked (or restored) message leaves the in-flight list."""
+
+    channel: GuardedChannel
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        taken = self.channel.taken.pop(delivery_tag, None)
+        if taken is not None:
+            queue, raw = taken
+            pipe.lrem(keys.inflight(queue), 1, raw)
+        return pipe
+
+
 class GuardedChannel(kombu_redis.Channel):
+    QoS = InflightQoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: delivery tag -> (queue, raw item) of each message taken into an in-flight list.
+        self.taken: dict[str, tuple[str, bytes]] = {}
+        self._moving_from: str | None = None
+        super().__init__(*args, **kwargs)
+
     def _get_client(self) -> Any:
         client = super()._get_client()
         return client if self.global_keyprefix else _GuardedRedis
+
+    def inflight_queue(self) -> str | None:
+        """The shard queue this channel takes from with BLMOVE, or ``None`` (plain BRPOP)."""
+        queues = list(self.active_queues)
+        if len(queues) != 1 or self.global_keyprefix or shard_of_queue(queues[0]) is None:
+            return None
+        return queues[0]
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queue = self.inflight_queue()
+        if queue is None:
+            super()._brpop_start(timeout)
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self._moving_from = queue
+        self.client.connection.send_command(
+            "BLMOVE", queue, keys.inflight(queue), "RIGHT", "LEFT", timeout or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        queue, self._moving_from = self._moving_from, None
+        if queue is None:
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not item:
+                raise Empty()
+            problem = envelope_problem(item)
+            if problem is not None:
+                _dead_letter(queue, item, problem)
+                self.client.lrem(keys.inflight(queue), 1, item)
+                raise Empty()
+            payload = kombu_loads(bytes_to_str(item))
+            self.taken[payload["properties"]["delivery_tag"]] = (queue, item)
+            self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()
 
 
 class GuardedTransport(kombu_redis.Transport):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 
+import redis
+
 from cli.chatload import check_order, delivered_count
 from routing import ChatMessage, keys, send, shard_for
 from services.lease import ShardLease
@@ -60,7 +62,30 @@ def test_kill_9_mid_task_recovers_in_order(producer, workers, rclient):
     assert (report.answered, report.missing, report.duplicated, report.violations) == (
         MESSAGES, 0, 0, 0), _answered(rclient, user)
     assert not _stranded_on(rclient, "shard.0")
+    assert rclient.llen(keys.inflight("shard.0")) == 0, "acks must empty the in-flight list"
     assert "restored stranded message" in workers.log("shard-0")
+
+
+def test_message_taken_but_never_recorded_is_restored(producer, workers, rclient):
+    """The loss window of kombu's BRPOP: the worker took the message and died before it wrote
+    the ``unacked`` record. Here the take is done by hand with the worker's own command
+    (BLMOVE into the in-flight list) and no ``unacked`` record is written. Breaks if the lease
+    owner does not restore the in-flight list (message 0 is missing), restores it to the tail
+    (message 0 runs last: a violation), or if the ack leaves it in the list."""
+    user = _user_on(0)
+    for seq in range(MESSAGES):
+        send(producer, ChatMessage(user, f"message {seq}", extra={"seq": seq}))
+    taken = rclient.blmove("shard.0", keys.inflight("shard.0"), 1, "RIGHT", "LEFT")
+    assert json.loads(taken)["headers"]["id"], "the oldest message was taken"
+    assert not _stranded_on(rclient, "shard.0")
+
+    workers.start_shard(0)
+    wait_until(lambda: delivered_count(rclient) >= MESSAGES, 60, what="all replies")
+    report = check_order(rclient, {str(user): MESSAGES})
+    assert (report.answered, report.missing, report.duplicated, report.violations) == (
+        MESSAGES, 0, 0, 0), _answered(rclient, user)
+    assert _answered(rclient, user) == list(range(MESSAGES))
+    assert rclient.llen(keys.inflight("shard.0")) == 0
 
 
 def _fake_unacked(rclient, tag: str, queue: str, seq: int, at: float) -> None:  # type: ignore[no-untyped-def]
@@ -98,3 +123,35 @@ def test_restore_puts_several_stranded_back_oldest_first(rclient):
     assert all(m["properties"]["delivery_info"]["redelivered"] for m in consumed)
     assert list(rclient.hgetall(keys.KOMBU_UNACKED)) == ["other"]
     assert rclient.zrange(keys.KOMBU_UNACKED_INDEX, 0, -1) == ["other"]
+
+
+def test_restore_in_flight_list_oldest_first_and_once(rclient, redis_url):
+    """Breaks if the in-flight list comes back in the wrong order, if a message that is both in
+    flight and in ``unacked`` is pushed twice, or if a raw item that is not UTF-8 (a poison
+    item taken just before a crash) stops the restore instead of going back unchanged."""
+    queue, inflight = "shard.0", keys.inflight("shard.0")
+    poison = b"\xff\xfe not an envelope"
+    raw = redis.Redis.from_url(redis_url)
+    for seq in range(3):  # taken in order 0, 1, 2: LPUSH-side, so index 0 is the newest
+        message = {"body": "", "headers": {"id": f"task-{seq}"},
+                   "properties": {"delivery_tag": f"tag-{seq}",
+                                  "delivery_info": {"exchange": "", "routing_key": queue}}}
+        raw.lpush(inflight, json.dumps(message))
+        if seq == 1:
+            raw.lpush(inflight, poison)
+    _fake_unacked(rclient, "tag-2", queue, 2, 100.0)  # recorded in unacked too
+
+    owner = ShardLease(rclient, 0, ttl_s=10)
+    assert owner.acquire() is not None
+    restored = restore_stranded(rclient, queue, lease_key=owner.key, lease_token=owner.token)
+    assert [s.task_id for s in restored] == ["task-0", "task-1", None, "task-2"]
+
+    consumed = []
+    while (item := raw.brpop([queue], timeout=1)) is not None:
+        consumed.append(item[1])
+    assert consumed[2] == poison
+    ids = [json.loads(c)["headers"]["id"] for i, c in enumerate(consumed) if i != 2]
+    assert ids == ["task-0", "task-1", "task-2"]
+    assert raw.llen(inflight) == 0
+    assert not rclient.hgetall(keys.KOMBU_UNACKED)
+
