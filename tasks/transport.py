@@ -161,7 +161,7 @@ class GuardedChannel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            if not item:
+            if item is None:  # timed out; an empty item (b"") is poison, not "nothing"
                 raise Empty()
             problem = envelope_problem(item)
             if problem is not None:
