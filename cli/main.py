@@ -90,15 +90,25 @@ def outbox(user_id: str, as_json: bool) -> None:
 
 
 @main.command("supervisor-config")
-@click.option("--range", "shard_range", default=None, help="Shards of this host, e.g. 0-3.")
-def supervisor_config(shard_range: str | None) -> None:
+@click.option("--range", "shard_range", default=None,
+              help="Shards of this host, e.g. 0-3 (default: SHARD_RANGE, else every shard).")
+@click.option("--workloads/--no-workloads", default=True, show_default=True,
+              help="Run the workload worker (WORKLOAD_CONCURRENCY processes) on this host.")
+@click.option("--beat/--no-beat", default=True, show_default=True,
+              help="Run beat on this host; exactly one host of a deployment must.")
+def supervisor_config(shard_range: str | None, workloads: bool, beat: bool) -> None:
     """Print supervisord.conf for this host's shards (SHARD_RANGE by default)."""
     settings = _settings()
-    shards = (celeryconfig.parse_shard_range(shard_range, settings.shard_count)
-              if shard_range else settings.shard_range)
+    try:
+        shards = (celeryconfig.parse_shard_range(shard_range, settings.shard_count)
+                  if shard_range else settings.shard_range)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     if list(shards) != list(range(shards[0], shards[-1] + 1)):
         raise click.ClickException("supervisor config needs a contiguous range like 0-3")
-    sys.stdout.write(render_supervisor(shards[0], shards[-1], python=sys.executable))
+    sys.stdout.write(render_supervisor(shards[0], shards[-1], python=sys.executable,
+                                       with_workloads=workloads, with_beat=beat,
+                                       workload_concurrency=settings.workload_concurrency))
 
 
 @main.command()

@@ -54,7 +54,7 @@ def test_supervisord_runs_a_shard_range(producer, rclient, tmp_path: Path):
     supervisord's shutdown leaves a worker running."""
     conf = tmp_path / "supervisord.conf"
     conf.write_text(render(2, 3, directory=str(PROJECT_DIR), python=sys.executable,
-                           with_workloads=False))
+                           with_workloads=False, with_beat=False))
     env = child_env(producer.conf.broker_url, SHARDLINE_HOME=str(tmp_path))
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen([str(bin_dir / "supervisord"), "-c", str(conf)], env=env,
