@@ -1,7 +1,10 @@
-"""Publish rate: ``routing.send`` one message at a time vs ``routing.dispatch_batch``.
+"""Publish rate: Celery's ``apply_async`` one message at a time vs ``routing.dispatch_batch``.
 
-Both publish the same messages (same users, same router) to a private Redis with no worker.
-Each run uses its own message ids (the producer drops a repeated (user, message id)). After a
+The baseline is what a producer without shardline's dispatch does: ``send_task`` (what
+``apply_async`` calls) through the router, one message per round trip. Both publish the same
+messages (same users, same shard queues) to a private Redis with no worker; the batch also
+claims each message id and numbers each message. Each run uses its own message ids (the
+producer drops a repeated (user, message id)). After a
 short warm-up (connection, queue bindings, router) the two alternate for ``rounds`` rounds,
 so load from anything else on the machine falls on both alike; the clock runs only around
 the publishing calls and every message is checked to be in its queue.
@@ -18,7 +21,7 @@ import redis
 from celery import Celery
 
 from bench.load import chunks, retagged
-from routing import ChatMessage, dispatch_batch, send
+from routing import ChatMessage, dispatch_batch
 
 WARMUP = 50
 
@@ -45,6 +48,11 @@ class PublishResult:
                                                        self.batched_seconds, strict=True))
 
 
+def _apply_async(app: Celery, message: ChatMessage) -> None:
+    app.send_task(message.task_name, args=(message.user_id, message.text),
+                  kwargs=message.task_kwargs())
+
+
 def _timed(client: redis.Redis, queues: Sequence[str], expected: int,
            publish: Callable[[], None]) -> float:
     start = time.perf_counter()
@@ -63,7 +71,7 @@ def measure_publish(app: Celery, client: redis.Redis, queues: Sequence[str],
                     messages: Sequence[ChatMessage], batch_size: int,
                     rounds: int) -> PublishResult:
     for message in retagged(messages[:WARMUP], "warm-plain"):
-        send(app, message)
+        _apply_async(app, message)
     dispatch_batch(app, retagged(messages[:WARMUP], "warm-batch"))
     client.delete(*queues)
 
@@ -75,7 +83,7 @@ def measure_publish(app: Celery, client: redis.Redis, queues: Sequence[str],
 
         def send_each(msgs: Sequence[ChatMessage] = one_by_one) -> None:
             for message in msgs:
-                send(app, message)
+                _apply_async(app, message)
 
         def send_batches(msgs: Sequence[ChatMessage] = in_batches) -> None:
             for chunk in chunks(msgs, batch_size):

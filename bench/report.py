@@ -84,7 +84,8 @@ def print_table(data: dict[str, Any], console: Console) -> None:
                       f"{side['tasks_per_round']} tasks/round; rounds "
                       f"{_rounds(side, 'tasks_per_s')} tasks/s; CPU (workers + redis) "
                       f"{side['cpu_ms_per_task']:.2f} ms/task; {violations} order violations")
-    table.add_row("(3a) routing.send, one by one", f"{pub['plain_msgs_per_s']:.0f} msgs/s",
+    table.add_row("(3a) apply_async (send_task), one by one",
+                  f"{pub['plain_msgs_per_s']:.0f} msgs/s",
                   f"{pub['messages_per_round']} msgs x {len(pub['plain_s'])} rounds")
     table.add_row("(3b) routing.dispatch_batch", f"{pub['batched_msgs_per_s']:.0f} msgs/s",
                   f"batches of {pub['batch_size']}")

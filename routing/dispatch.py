@@ -1,10 +1,11 @@
-"""Publishing ordered messages: one at a time or in batches of one Redis round trip.
+"""Publishing ordered messages: one at a time or in batches, one Redis round trip either way.
 
 Producers hold a Celery *client* app built from ``celeryconfig`` (:func:`producer_app`); it
 knows no task code and sends by task name, so importing this module never imports the worker.
-Every message goes through the router (``task_routes``) and so through its checks. A
-message with a ``message_id`` is published at most once per user within ``DEDUP_WINDOW_S``
-(``routing.dedup``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
+Every message is routed by the router's rules (``routing.router``) and checked before
+anything is sent. A message with a ``message_id`` is published at most once per user within
+``DEDUP_WINDOW_S``; each published message gets the user's next sequence number
+(``routing.publish``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
 then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (ORDERING.md).
 """
 
@@ -21,9 +22,12 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
-from routing.dedup import Claim, DedupStore
+from routing import keys
+from routing.envelope import EnvelopeBuilder
 from routing.errors import InvalidDispatch, PublishFailed
+from routing.publish import Outgoing, PublishScript
 from routing.queues import SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE
+from routing.router import queue_for, user_id_of
 from routing.userid import canonical_user_id
 
 T = TypeVar("T")
@@ -87,6 +91,8 @@ class DispatchResult:
     #: The message's task id; for a duplicate, the task id of the first dispatch.
     task_id: str
     duplicate: bool = False
+    #: The user's sequence number given to this message (``None`` for a duplicate).
+    seq: int | None = None
 
 
 #: Errors that mean "the broker is unreachable right now": retried within the budget.
@@ -127,70 +133,57 @@ def _safe_url(app: Celery) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
-_dedup_stores: weakref.WeakKeyDictionary[Celery, DedupStore] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class _Publisher:
+    builder: EnvelopeBuilder
+    script: PublishScript
 
 
-def _dedup(app: Celery) -> DedupStore:
+_publishers: weakref.WeakKeyDictionary[Celery, _Publisher] = weakref.WeakKeyDictionary()
+
+
+def _publisher(app: Celery) -> _Publisher:
     import celeryconfig
 
-    store = _dedup_stores.get(app)
-    if store is None:
+    publisher = _publishers.get(app)
+    if publisher is None:
         client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=10,
                                       socket_connect_timeout=2)
-        store = DedupStore(client, celeryconfig.settings.dedup_window_s)
-        _dedup_stores[app] = store
-    return store
+        publisher = _Publisher(EnvelopeBuilder(app),
+                               PublishScript(client, celeryconfig.settings.dedup_window_s))
+        _publishers[app] = publisher
+    return publisher
 
 
-def _claims(batch: list[ChatMessage], ids: list[str]) -> list[tuple[int, Claim]]:
-    return [(i, Claim(canonical_user_id(m.user_id), m.message_id, ids[i]))
-            for i, m in enumerate(batch) if m.message_id is not None]
+def _outgoing(builder: EnvelopeBuilder, message: ChatMessage) -> Outgoing:
+    args, kwargs = (message.user_id, message.text), message.task_kwargs()
+    user_id = user_id_of(args, kwargs)  # as the router reads it: a user_id keyword wins
+    user = canonical_user_id(user_id)
+    queue = queue_for(user_id)
+    task_id, envelope = builder.build(message.task_name, args, kwargs, queue=queue)
+    claim = keys.dedup(user, message.message_id) if message.message_id is not None else None
+    return Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope, claim_key=claim)
 
 
 def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[DispatchResult]:
-    """Publish many ordered messages in one Redis round trip (kombu's ``Producer.batch``).
+    """Publish many ordered messages in one Redis round trip (``routing.publish``).
 
-    Every message is exactly what :func:`send` would publish. All messages are checked
-    before any is published, so a bad one leaves nothing half-sent. A message whose
-    ``message_id`` was dispatched before (same user, within ``DEDUP_WINDOW_S``) is not
-    published again and comes back with ``duplicate=True``; the claims are one more
-    pipelined round trip.
+    Each message is the envelope Celery's ``send_task`` would publish through the router
+    (``routing.envelope``), plus its publish time and the user's sequence number. All
+    messages are checked and built before anything is sent, so a bad one leaves nothing
+    half-sent. A message whose ``message_id`` was dispatched before (same user, within
+    ``DEDUP_WINDOW_S``) is not published again and comes back with ``duplicate=True``.
+    Celery's ``before/after_task_publish`` signals do not fire for these messages.
     """
     batch = list(messages)
     limit = max_text_bytes()
     for message in batch:
         validate(message, limit)
-    ids = [uuid() for _ in batch]
-    results = [DispatchResult(task_id) for task_id in ids]
-    claims = _claims(batch, ids)
-    if claims:
-        store = _dedup(app)
-        outcome = with_publish_retry(app, "claim message ids",
-                                     lambda: store.claim_many([c for _, c in claims]))
-        for (i, _), claimed in zip(claims, outcome, strict=True):
-            if not claimed.first:
-                results[i] = DispatchResult(claimed.task_id, duplicate=True)
-    to_send = [(m, r.task_id) for m, r in zip(batch, results, strict=True) if not r.duplicate]
-
-    def publish() -> None:
-        if not to_send:
-            return
-        with app.producer_or_acquire() as producer, producer.batch(max_size=len(to_send)):
-            for message, task_id in to_send:
-                app.send_task(message.task_name, args=(message.user_id, message.text),
-                              kwargs=message.task_kwargs(), task_id=task_id,
-                              producer=producer, retry=False)
-
-    try:
-        with_publish_retry(app, f"publish {len(to_send)} message(s)", publish)
-    except Exception:  # PublishFailed, or the router refusing a message: nothing was sent
-        ours = [c for i, c in claims if not results[i].duplicate]
-        try:
-            _dedup(app).release(ours)
-        except RETRYABLE:
-            pass  # Redis is down: the claims expire after DEDUP_WINDOW_S
-        raise
-    return results
+    publisher = _publisher(app)
+    outgoing = [_outgoing(publisher.builder, m) for m in batch]
+    published = with_publish_retry(app, f"publish {len(outgoing)} message(s)",
+                                   lambda: publisher.script(outgoing))
+    return [DispatchResult(p.task_id, duplicate=p.seq is None, seq=p.seq) for p in published]
 
 
 def send(app: Celery, message: ChatMessage) -> DispatchResult:

@@ -70,6 +70,12 @@ def dedup(user: str, message_id: str) -> str:
     """Producer-side idempotency key of one (user, message id); its value is the task id."""
     return f"{PREFIX}dedup:{user}:{message_id}"
 
+
+#: Counter of dispatches dropped as duplicates of an earlier (user, message id).
+DUPLICATES_DROPPED = f"{PREFIX}duplicates-dropped"
+#: Hash user -> the last sequence number given to one of the user's ordered messages.
+USER_SEQ = f"{PREFIX}user-seq"
+
 # ---- jobs (jobs/), promises' run log, HTTP ingest log (issue 5) ------------------------
 #: Sorted set of job ids scored by creation time: the job index.
 JOB_INDEX = f"{PREFIX}jobs"
@@ -117,6 +123,24 @@ def inflight(queue: str) -> str:
     back at the head of ``queue``.
     """
     return f"{PREFIX}inflight:{queue}"
+
+# ---- metrics (metrics/): written by workers and producers, read at scrape time ----------
+#: Hash JSON ``[task, queue, outcome]`` -> how many runs of ``task`` from ``queue`` ended with
+#: ``outcome`` (``metrics.schema.Outcome``), summed over every worker process and host.
+TASK_OUTCOMES = f"{PREFIX}metrics:task-outcomes"
+#: Hash of the task duration histogram: JSON ``[task, queue, le]`` -> runs whose duration fell
+#: in the bucket with upper bound ``le`` (not cumulative), and ``[task, queue, "sum"]`` /
+#: ``[task, queue, "count"]`` (seconds, runs).
+TASK_DURATIONS = f"{PREFIX}metrics:task-durations"
+#: Hash shard number -> ordered messages that ran out of their user's sequence order there
+#: (written by the worker-side order check; 0 when the field is absent).
+ORDER_VIOLATIONS = f"{PREFIX}order-violations"
+
+
+def completions(queue: str, second: int) -> str:
+    """Counter of tasks from ``queue`` that finished in unix second ``second`` (short TTL)."""
+    return f"{PREFIX}metrics:completions:{queue}:{second}"
+
 
 # kombu's keys that shardline reads and writes (names fixed by kombu's Redis Channel defaults).
 #: kombu's hash delivery tag -> JSON ``[message, exchange, routing_key]`` of unacked messages.

@@ -1,7 +1,8 @@
-"""dispatch_batch: the same messages as send(), in one Redis round trip, all or nothing.
+"""dispatch_batch: the same messages as Celery's send_task, in one Redis round trip, all or nothing.
 
 Messages are compared as the raw kombu envelopes Redis holds (RPOP from the shard lists),
-with only the per-message identifiers normalised. The round trip is proven with a TCP proxy
+with only the per-message identifiers normalised and shardline's own two headers (publish time,
+the user's sequence number) checked and set aside. The round trip is proven with a TCP proxy
 in front of the producer's Redis that holds back every reply: if all 200 LPUSHes reach the
 server while the producer has not received a single reply, the producer did not wait
 between them.
@@ -20,6 +21,7 @@ import pytest
 import redis
 
 from routing import ChatMessage, InvalidDispatch, InvalidUserId, dispatch_batch, keys, send
+from routing.envelope import PUBLISHED_AT_HEADER, SEQ_HEADER
 from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
 from tests.harness import producer_for, wait_until
 
@@ -59,12 +61,20 @@ def _drain(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
     return queues
 
 
-def _normalise(queues: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], list[str]]:
-    """The envelopes with per-message ids replaced by a placeholder, and those task ids."""
+def _normalise(queues: dict[str, list[dict[str, Any]]], *,
+               ours: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """The envelopes with per-message ids replaced by a placeholder, and those task ids.
+
+    ``ours``: published by routing (not by Celery's send_task), so each must carry an int
+    sequence number and a publish time, which are then removed for the comparison."""
     task_ids = []
     for envelopes in queues.values():
         for env in envelopes:
             headers, props = env["headers"], env["properties"]
+            if ours:
+                assert isinstance(headers.pop(SEQ_HEADER), int)
+                assert isinstance(headers.pop(PUBLISHED_AT_HEADER), float)
+            assert SEQ_HEADER not in headers and PUBLISHED_AT_HEADER not in headers
             task_ids.append(headers["id"])
             assert headers["root_id"] == headers["id"] == props["correlation_id"]
             for key in PER_MESSAGE_HEADERS:
@@ -74,10 +84,11 @@ def _normalise(queues: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any],
     return queues, task_ids
 
 
-def test_batch_publishes_exactly_what_send_publishes(producer, rclient) -> None:  # type: ignore[no-untyped-def]
-    """Breaks if dispatch_batch builds its messages differently from send()/send_task (other
-    queue, exchange, routing key, priority, headers, kwargs, serializer, body encoding) or
-    reorders them within a shard."""
+def test_batch_publishes_exactly_what_send_task_publishes(producer, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Breaks if routing.envelope builds messages differently from Celery's send_task through
+    the router (other queue, exchange, routing key, priority, headers, argsrepr, kwargs,
+    serializer, body encoding; e.g. after a Celery upgrade changes the protocol), if send()
+    and dispatch_batch differ, or if a batch reorders messages within a shard."""
     messages = _messages()
 
     sent_ids = [send(producer, m).task_id for m in messages]
@@ -86,7 +97,7 @@ def test_batch_publishes_exactly_what_send_publishes(producer, rclient) -> None:
 
     for m in messages:
         producer.send_task(m.task_name, args=(m.user_id, m.text), kwargs=m.task_kwargs())
-    by_send_task, _ = _normalise(_drain(rclient))
+    by_send_task, _ = _normalise(_drain(rclient), ours=False)
 
     batch_ids = [r.task_id for r in dispatch_batch(producer, messages)]
     by_batch, batch_task_ids = _normalise(_drain(rclient))
@@ -132,8 +143,8 @@ def test_bad_message_in_batch_publishes_nothing(producer, rclient) -> None:  # t
             dispatch_batch(producer, [*good, bad, *good])
     with pytest.raises(InvalidDispatch):
         dispatch_batch(producer, [*good, ChatMessage(1, "x" * 10_000_000)])
-    # A bad id only the router sees (kwargs win over args there): validation passes, the
-    # router raises at message 11, and kombu's batch discards the 10 already buffered.
+    # A bad id only the routing sees (a user_id keyword wins over the first argument): the
+    # build raises at message 11, before anything is sent.
     with pytest.raises(InvalidUserId):
         dispatch_batch(producer, [*good, ChatMessage(3, "x", extra={"user_id": -1})])
 
@@ -213,10 +224,11 @@ def _calls(client: redis.Redis) -> dict[str, int]:
 
 
 def test_batch_of_200_is_one_round_trip(redis_server, redis_url, rclient) -> None:  # type: ignore[no-untyped-def]
-    """Breaks if the batch waits for a reply between messages: per-message LPUSH outside a
-    pipeline, a per-message lookup (e.g. kombu's SMEMBERS of an exchange binding table when
-    publishing through a named exchange), or a flush per message. All 200 LPUSHes must reach
-    Redis while the proxy lets no reply through, and they must be the only commands sent."""
+    """Breaks if the batch waits for a reply between messages: a call per message instead of
+    one script call for the batch, a per-message lookup (e.g. kombu's SMEMBERS of an exchange
+    binding table), or a round trip before the publish (a separate dedup claim or sequence
+    number). All 200 LPUSHes must reach Redis while the proxy lets no reply through, from one
+    EVALSHA that is the only command sent."""
     gate = ReplyGate(redis_server.port)
     app = producer_for(f"redis://127.0.0.1:{gate.port}/0")
     result: dict[str, Any] = {}
@@ -248,7 +260,8 @@ def test_batch_of_200_is_one_round_trip(redis_server, redis_url, rclient) -> Non
     assert before == {"config": 1}
     sent = {name: n - before.get(name, 0) for name, n in after.items()}
     sent = {name: n for name, n in sent.items() if n and name not in ("info", "config")}
-    assert sent == {"lpush": 200}, sent
+    # One script call; the commands it ran inside Redis: a number and a push per message.
+    assert sent == {"evalsha": 1, "hincrby": 200, "lpush": 200}, sent
     assert sum(rclient.llen(q) for q in rclient.keys(f"{SHARD_QUEUE_PREFIX}*")) == 200
 
 
@@ -280,9 +293,9 @@ def test_reply_gate_control_send_waits_per_message(redis_server, redis_url, rcli
 
 
 def test_failed_batch_leaves_no_dedup_claims(producer, rclient) -> None:  # type: ignore[no-untyped-def]
-    """Breaks if a batch aborted by the router after the dedup claims keeps its claims:
-    nothing was published, yet resending the corrected batch would report every message as
-    a duplicate and publish none of them, so they would be silently lost."""
+    """Breaks if a batch that fails its checks leaves dedup claims behind (e.g. claims made in
+    a round trip before the build): nothing was published, yet resending the corrected batch
+    would report every message as a duplicate and publish none of them: silently lost."""
     good = _messages()[:10]
     with pytest.raises(InvalidUserId):
         dispatch_batch(producer, [*good, ChatMessage(3, "x", extra={"user_id": -1})])
@@ -290,3 +303,21 @@ def test_failed_batch_leaves_no_dedup_claims(producer, rclient) -> None:  # type
     results = dispatch_batch(producer, good)
     assert not any(r.duplicate for r in results)
     assert sum(rclient.llen(q) for q in rclient.keys(f"{SHARD_QUEUE_PREFIX}*")) == 10
+
+
+def test_each_user_gets_dense_sequence_numbers(producer, rclient) -> None:  # type: ignore[no-untyped-def]
+    """Breaks if the per-user sequence number (the worker's order alarm) is not given in
+    publish order, skips or repeats a number, is used up by a duplicate, or is shared between
+    users; and if the envelope does not carry the number the producer was told."""
+    first = send(producer, ChatMessage(1, "a", message_id="one"))
+    batch = dispatch_batch(producer, [ChatMessage(2, "b"), ChatMessage(1, "c"),
+                                      ChatMessage("1", "dup", message_id="one"),
+                                      ChatMessage(1, "d"), ChatMessage(2, "e")])
+    assert [first.seq] + [r.seq for r in batch] == [1, 1, 2, None, 3, 2]
+    carried = {}
+    for envelopes in _drain(rclient).values():
+        for env in envelopes:
+            carried[env["headers"]["id"]] = env["headers"][SEQ_HEADER]
+    expected = {r.task_id: r.seq for r in [first, *batch] if not r.duplicate}
+    assert carried == expected
+    assert rclient.hgetall(keys.USER_SEQ) == {"1": "3", "2": "2"}

@@ -10,7 +10,8 @@ from tests.harness import wait_until
 
 def test_second_dispatch_of_a_message_id_is_a_duplicate(producer, rclient):
     """Breaks if send/dispatch_batch publish a message id twice within the window, or stop
-    reporting which dispatch was the first (the duplicate must name the original task id)."""
+    reporting which dispatch was the first (the duplicate must name the original task id),
+    or stop counting the duplicates dropped."""
     first = send(producer, ChatMessage(7, "hi", message_id="m-1"))
     again = send(producer, ChatMessage("7", "hi again", message_id="m-1"))  # same user
     other_user = send(producer, ChatMessage(8, "hi", message_id="m-1"))
@@ -24,6 +25,7 @@ def test_second_dispatch_of_a_message_id_is_a_duplicate(producer, rclient):
     # Published: 7/m-1, 8/m-1, 7/m-2 and the one without a message id.
     assert sum(rclient.llen(q) for q in {queue_for(7), queue_for(8)}) == 4
     assert 0 < rclient.ttl(keys.dedup("7", "m-1")) <= 24 * 3600
+    assert rclient.get(keys.DUPLICATES_DROPPED) == "3"
 
 
 def test_redelivered_task_is_delivered_once(producer, workers, rclient):
