@@ -124,7 +124,7 @@ def inflight(queue: str) -> str:
     """
     return f"{PREFIX}inflight:{queue}"
 
-# ---- metrics (metrics/): written by workers and producers, read at scrape time ----------
+# ---- metrics (metrics/): written by the workers, read at scrape time -------------------
 #: Hash JSON ``[task, queue, outcome]`` -> how many runs of ``task`` from ``queue`` ended with
 #: ``outcome`` (``metrics.schema.Outcome``), summed over every worker process and host.
 TASK_OUTCOMES = f"{PREFIX}metrics:task-outcomes"
