@@ -1,7 +1,6 @@
 """The chaos suite, short: a few kill -9s of shard workers and one Redis crash under load.
 
-One chaos run (module fixture), two verdicts: order and exactly-once delivery are strict;
-"nothing lost" is a known open bug (see ``test_short_chaos_loses_nothing``).
+One chaos run (module fixture), two verdicts: order and exactly-once delivery; nothing lost.
 """
 
 from __future__ import annotations
@@ -34,11 +33,9 @@ def test_short_chaos_duplicates_and_reorders_nothing(chaos_result: ChaosResult) 
     assert result.unpublished == 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open bug: kombu pops a message with BRPOP and only then records it in `unacked` "
-    "from the client; a kill -9 (or a Redis crash) between the two loses that message with no "
-    "record to restore. Seen: 1 lost of ~600 in about 1 run in 4. Fix planned: shard workers "
-    "take messages with BLMOVE into a per-shard in-flight list, restored by the lease owner."))
 def test_short_chaos_loses_nothing(chaos_result: ChaosResult) -> None:
-    """Breaks if any acknowledged publish is never answered (a lost message)."""
+    """Breaks if any acknowledged publish is never answered (a lost message): e.g. with
+    kombu's plain BRPOP take (tasks.transport's BLMOVE into the in-flight list removed), a
+    kill -9 between the pop and kombu's ``unacked`` record lost one message in about one run
+    in four; or if the lease owner does not restore the in-flight list."""
     assert chaos_result.report.missing == 0, chaos_result.report.bad_users
