@@ -1,10 +1,11 @@
 """The shard lease: at most one worker consumes a shard queue at a time.
 
 The lease is one Redis hash (``keys.shard_lease``) with an expiry: the owner's random token,
-the fencing number of this acquisition (``INCR`` of ``keys.shard_fence``) and who holds it
-(``host:pid``). Every change is a compare-and-set in Lua on the owner token, so a worker can
-never renew or release a lease that is no longer its own. This module never consumes,
-restores or acks a message; it only says who may.
+the fencing number of this acquisition (``INCR`` of ``keys.shard_fence``), who holds it
+(``host:pid``) and when it was last taken or renewed (``renewed_at``, Redis' own clock, so
+the heartbeat age reads the same from every host). Every change is a compare-and-set in Lua
+on the owner token, so a worker can never renew or release a lease that is no longer its
+own. This module never consumes, restores or acks a message; it only says who may.
 """
 
 from __future__ import annotations
@@ -18,25 +19,36 @@ import redis
 
 from routing import keys
 
+# Unix seconds of Redis' clock as "s.micros": when a lease was taken or renewed.
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+"""
+
 # KEYS: lease, fence. ARGV: token, holder, ttl_ms, breakable_token ("" if none)
 # Returns the fence of the lease now held by ``token``, or false if someone else holds it.
-_ACQUIRE = """
+_ACQUIRE = _NOW + """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'renewed_at', now())
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return tonumber(redis.call('HGET', KEYS[1], 'fence'))
 end
 if owner and owner ~= ARGV[4] then return false end
 local fence = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'holder', ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'fence', fence, 'holder', ARGV[2],
+           'renewed_at', now())
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return fence
 """
 
 # KEYS: lease. ARGV: token, ttl_ms. 1 if renewed, 0 if the lease is not ours.
-_RENEW = """
+_RENEW = _NOW + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'renewed_at', now())
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -56,6 +68,19 @@ class LeaseHolder:
     fence: int
     holder: str  # "host:pid"
     ttl_ms: int
+    #: Redis' clock (unix seconds) at the last acquisition or renewal; None if not recorded.
+    renewed_at: float | None = None
+
+
+def parse_lease(fields: dict[str, str] | dict[bytes, bytes], ttl_ms: int) -> LeaseHolder | None:
+    """The :class:`LeaseHolder` of a lease hash (``HGETALL``) and its ``PTTL``; None if free."""
+    if not fields:
+        return None
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    renewed_at = text.get("renewed_at")
+    return LeaseHolder(owner=text.get("owner", ""), fence=int(text.get("fence", 0)),
+                       holder=text.get("holder", ""), ttl_ms=int(ttl_ms),
+                       renewed_at=float(renewed_at) if renewed_at else None)
 
 
 def this_process() -> str:
@@ -109,11 +134,7 @@ class ShardLease:
             pipe.hgetall(self.key)
             pipe.pttl(self.key)
             fields, ttl_ms = pipe.execute()
-        if not fields:
-            return None
-        fields = {_text(k): _text(v) for k, v in fields.items()}
-        return LeaseHolder(owner=fields.get("owner", ""), fence=int(fields.get("fence", 0)),
-                           holder=fields.get("holder", ""), ttl_ms=int(ttl_ms))
+        return parse_lease(fields, ttl_ms)
 
     def acquire(self) -> int | None:
         """Take the lease if free, ours, or held by a dead process of this host.
