@@ -9,6 +9,7 @@ Import this package (never ``tasks``) from producers. Public API:
 - :class:`InvalidUserId`, raised for ids that cannot be routed
 """
 
+from routing import publish_time as _publish_time  # noqa: F401  (stamps published_at)
 from routing.dispatch import ChatMessage, DispatchResult, dispatch_batch, producer_app, send
 from routing.errors import InvalidDispatch, InvalidUserId, PublishFailed, ShardlineError
 from routing.hashing import jump_hash, key_hash, shard_for
