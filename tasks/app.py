@@ -9,6 +9,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 import celeryconfig
+import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
 from services.registry import start_services, stop_services
 from tasks.shard_lease import ShardLeaseStep
 

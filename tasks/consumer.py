@@ -17,12 +17,14 @@ from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 import celeryconfig
+from metrics.schema import UNKNOWN
 from routing.errors import InvalidUserId
 from routing.queues import ORDERED_TASKS
 from routing.router import user_id_of
 from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
 from services.registry import services
+from tasks.instrumentation import task_metrics
 from tasks.transport import GuardedTransport
 
 log = logging.getLogger(__name__)
@@ -114,5 +116,9 @@ class ShardlineConsumer(Consumer):
             reason=reason, queue=delivery.get("routing_key"), task_id=headers.get("id"),
             raw=_raw_text(message), **known,
         ))
+        if recorder := task_metrics():
+            task = known.get("task")
+            recorder.dead_lettered(task if task in self.app.tasks else UNKNOWN,
+                                   delivery.get("routing_key"))
         log.error("dead-lettered a message from %s: %s", delivery.get("routing_key"), reason)
         message.ack()

@@ -25,6 +25,7 @@ from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
 from services.hold import REPLAY_HEADER, Admission, HeldMessage, HoldStore
 from services.registry import services
+from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class OrderedTask(Task):
                     self._park(f"failed after {attempt} attempts", exc, attempt, args, kwargs,
                                replay_of)
                     return None
+                if recorder := task_metrics():
+                    recorder.retried_in_place(self.name, self._queue())
                 delay = backoff_delay(attempt, settings.ordered_retry_base_s,
                                       settings.ordered_retry_max_s)
                 log.warning("%s attempt %d failed (%s), retrying in place in %.2fs",
@@ -143,15 +146,19 @@ class OrderedTask(Task):
     def _park(self, reason: str, exc: BaseException, attempts: int,
               args: tuple[Any, ...], kwargs: dict[str, Any], replay_of: str | None) -> None:
         user = _user_of(args, kwargs)
-        delivery = self.request.delivery_info or {}
         hold = celeryconfig.settings.ordered_on_failure == "hold"
         letter_id = services().get("dead_letters").park(DeadLetter(
-            reason=reason, task=self.name, queue=delivery.get("routing_key"),
+            reason=reason, task=self.name, queue=self._queue(),
             user_id=user, args=list(args), kwargs=kwargs,
             error=f"{type(exc).__name__}: {exc}", attempts=attempts, task_id=self.request.id,
         ), hold=hold, replaces=replay_of)
+        if recorder := task_metrics():
+            recorder.dead_lettered(self.name, self._queue(), task_id=self.request.id)
         log.error("%s %s parked in the dead-letter store as %s: %s: %s",
                   self.name, self.request.id, letter_id, reason, exc)
+
+    def _queue(self) -> str | None:
+        return (self.request.delivery_info or {}).get("routing_key")
 
 
 def _user_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
