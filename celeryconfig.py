@@ -171,6 +171,9 @@ class Settings:
     publish_retry_s: float
     #: Seconds a shard lease lives unless renewed (renewed every third of it).
     shard_lease_ttl_s: float
+    #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
+    metrics_host: str
+    metrics_port: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -234,6 +237,8 @@ class Settings:
             breaker_open_s=_float("BREAKER_OPEN_S", 30.0),
             publish_retry_s=_float("PUBLISH_RETRY_S", 10.0),
             shard_lease_ttl_s=_shard_lease_ttl(_float("SHARD_LEASE_TTL_S", 10.0)),
+            metrics_host=_str("METRICS_HOST", "127.0.0.1"),
+            metrics_port=_int("METRICS_PORT", 9808),
         )
 
 

@@ -24,6 +24,9 @@ from routing import keys
 
 T = TypeVar("T")
 
+#: Name of the breaker every worker puts around the AI handler (``services.registry``).
+AI_BREAKER = "ai"
+
 
 class BreakerState(StrEnum):
     #: Calls go through; consecutive failures are counted.
