@@ -32,7 +32,8 @@ def run_demo(settings: Any, *, users: int, messages: int, proactive_every: int,
         from deploy.embedded_redis import free_port
         from routing.queues import WORKLOAD_QUEUES
 
-        with procfile_running(url, quiet=True, API_PORT=str(free_port())):
+        with procfile_running(url, quiet=True, API_PORT=str(free_port()),
+                              METRICS_PORT=str(free_port())):
             wait_for_workers(app, [shard_queue(s) for s in range(settings.shard_count)]
                              + list(WORKLOAD_QUEUES))
             chat = _play(console, app, url, users, messages, proactive_every, timeout_s)

@@ -34,13 +34,15 @@ def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, t
     reply) or survives the launcher's shutdown (a stray worker)."""
     monkeypatch.setenv("SHARDLINE_HOME", str(tmp_path))
     url = producer.conf.broker_url
-    with procfile_running(url, quiet=True, API_PORT=str(free_port())) as proc:
+    with procfile_running(url, quiet=True, API_PORT=str(free_port()),
+                          METRICS_PORT=str(free_port())) as proc:
         wait_for_workers(producer, [shard_queue(s) for s in range(4)] + list(WORKLOAD_QUEUES))
         send(producer, ChatMessage(5, "hello"))
         wait_until(lambda: rclient.xlen(keys.OUTBOX_FEED) >= 1, 60, what="a reply")
         children = _descendants(proc.pid)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert names.count("-P solo") == 4 and "beat" in names and "-m api" in names, names
+        assert "-m metrics" in names, names
     wait_until(lambda: _all_gone(children), 30, what="every process to exit")
 
 
