@@ -99,9 +99,10 @@ def _on_failure(raw: str) -> str:
 
 
 def _shard_lease_ttl(ttl_s: float) -> float:
-    # Below 1 s a heartbeat every third of it cannot ride out an ordinary network hiccup.
-    if ttl_s < 1.0:
-        raise ValueError(f"SHARD_LEASE_TTL_S must be >= 1, got {ttl_s}")
+    # A take blocks up to 1 s (kombu's brpop_timeout); a worker stops taking 0.6 x TTL after
+    # its last renewal, so 0.4 x TTL must exceed that 1 s (tasks/shard_lease.py).
+    if ttl_s < 3.0:
+        raise ValueError(f"SHARD_LEASE_TTL_S must be >= 3, got {ttl_s}")
     return ttl_s
 
 

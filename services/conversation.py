@@ -3,6 +3,10 @@
 A reply, the user turn it answers, the outbox entry and the task's done-marker are written by
 one Lua call: either all of them exist or none does. A message redelivered after a crash finds
 its done-marker and is not delivered twice (the AI call itself may have run twice).
+
+A shard worker's commit is fenced: the same call checks that the worker still owns the shard
+lease, so a worker that was paused (SIGSTOP, a VM freeze, a long GC) past its lease cannot
+write a reply after the next owner took over the shard (:class:`Fenced`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -17,9 +22,11 @@ import redis
 from routing import keys
 from services.ai.base import Turn
 
-# KEYS: done, history, outbox, feed
-# ARGV: done_ttl_s, history_limit, user, turns_json, entry_json
+# KEYS: done, history, outbox, feed, shard lease ('' when not fenced)
+# ARGV: done_ttl_s, history_limit, user, turns_json, entry_json, lease owner token
+# Returns the outbox entry id, false (already done) or 0 (fenced: the lease is not ours).
 _COMMIT = """
+if KEYS[5] ~= '' and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[6] then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 for _, turn in ipairs(cjson.decode(ARGV[4])) do
   redis.call('RPUSH', KEYS[2], cjson.encode(turn))
@@ -34,6 +41,18 @@ redis.call('XADD', KEYS[4], '*', 'user', ARGV[3], 'id', id)
 redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
 return id
 """
+
+
+class Fenced(Exception):
+    """The commit was refused: the shard lease it was fenced with is no longer the caller's."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The shard lease a commit must still hold: its key and this worker's owner token."""
+
+    lease_key: str
+    token: str
 
 
 class ConversationStore:
@@ -53,19 +72,25 @@ class ConversationStore:
         return bool(self.redis.exists(keys.done(task_id)))
 
     def commit(
-        self, user: str, task_id: str, turns: list[Turn], entry: Mapping[str, Any]
+        self, user: str, task_id: str, turns: list[Turn], entry: Mapping[str, Any], *,
+        fence: Fence | None = None,
     ) -> str | None:
         """Store ``turns`` and append ``entry`` to the outbox, once per ``task_id``.
 
         Returns the outbox entry id, or ``None`` when this task was already committed.
+        Raises :class:`Fenced` (and writes nothing) when ``fence`` is no longer held.
         """
         fields = {k: v for k, v in entry.items() if v is not None}
         fields.setdefault("delivered_at", time.time())
         result = self._commit(
-            keys=[keys.done(task_id), keys.history(user), keys.outbox(user), keys.OUTBOX_FEED],
+            keys=[keys.done(task_id), keys.history(user), keys.outbox(user), keys.OUTBOX_FEED,
+                  fence.lease_key if fence else ""],
             args=[self.done_ttl_s, self.history_limit, user, json.dumps(turns),
-                  json.dumps(fields)],
+                  json.dumps(fields), fence.token if fence else ""],
         )
+        if result == 0:
+            raise Fenced(f"the shard lease {fence.lease_key if fence else ''} is no longer "
+                         f"this worker's: reply to task {task_id} not written")
         return str(result) if result else None
 
     def outbox(self, user: str, count: int | None = None) -> list[dict[str, str]]:

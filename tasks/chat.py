@@ -11,9 +11,11 @@ from typing import Any
 from routing import queues
 from routing.userid import canonical_user_id
 from services.ai.base import Turn
+from services.conversation import Fenced
 from services.registry import services
 from tasks.app import app
 from tasks.ordered import OrderedTask
+from tasks.shard_lease import commit_fence, lease_lost
 
 
 def _deliver(task: OrderedTask, user: str, kind: str, turns: list[Turn], **meta: Any) -> str | None:
@@ -21,7 +23,12 @@ def _deliver(task: OrderedTask, user: str, kind: str, turns: list[Turn], **meta:
     # ``worker`` (node name:pid) says which shard worker answered: the lease tests check it.
     entry = {"kind": kind, "text": turns[-1]["text"], "task_id": task.request.id,
              "worker": f"{task.request.hostname}:{os.getpid()}", **meta}
-    return services().get("conversations").commit(user, task.request.id, turns, entry)
+    try:
+        return services().get("conversations").commit(user, task.request.id, turns, entry,
+                                                       fence=commit_fence())
+    except Fenced as exc:
+        lease_lost(str(exc))  # never returns: no ack, the next owner has the message
+        raise
 
 
 @app.task(name=queues.SEND_AI_RESPONSE, base=OrderedTask, bind=True)

@@ -10,6 +10,14 @@ A worker that cannot renew must never keep consuming: the heartbeat ends the pro
 running task holds the main thread, so nothing short of ending the process stops it in time; its
 message stays unacked and the next owner restores it (its done-marker stops a second reply).
 The step applies only to a worker consuming exactly one shard queue.
+
+The heartbeat alone cannot stop a worker that was paused (SIGSTOP, a VM freeze) past its
+lease: on resume it could take one more message or write one more reply before its heartbeat
+thread notices. So the take checks :func:`ensure_lease_fresh` first (no renewal within
+``0.6 x TTL``: exit), and the reply commit is fenced in Redis (:func:`commit_fence`). A take
+blocks for at most kombu's ``brpop_timeout`` (1 s) and a lease outlives its last renewal by
+the TTL, which is why ``SHARD_LEASE_TTL_S`` is at least 3 s: a take sent while the lease was
+fresh ends before anyone else can hold the lease.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from celery.worker import state as worker_state
 
 import celeryconfig
 from routing.queues import shard_of_queue
+from services.conversation import Fence
 from services.lease import ShardLease
 from services.stranded import LeaseNotHeld, restore_stranded
 
@@ -71,6 +80,10 @@ class LeaseKeeper(threading.Thread):
                     return
                 log.warning("renewing the lease of %s failed (%s); retrying", self.queue, exc)
                 wait = min(self.interval_s, 0.5)
+
+    def fresh(self) -> bool:
+        """Whether the last renewal is recent enough that nobody else can hold the lease."""
+        return time.monotonic() - self.last_sent_ok < self.give_up_s
 
     def lose(self, why: str) -> None:
         if self.stopped.is_set():
@@ -121,6 +134,8 @@ class ShardLeaseStep(bootsteps.StartStopStep):
         if self.keeper is None or not self.keeper.is_alive():
             self.keeper = LeaseKeeper(self.lease, queue)
             self.keeper.start()
+        global _keeper
+        _keeper = self.keeper
 
     def _wait_for_lease(self, queue: str) -> None:
         assert self.lease is not None
@@ -161,6 +176,31 @@ class ShardLeaseStep(bootsteps.StartStopStep):
         if len(names) != 1:
             return "", None
         return names[0], shard_of_queue(names[0])
+
+
+#: The lease keeper of this process, once it holds a shard lease (shard workers only).
+_keeper: LeaseKeeper | None = None
+
+
+def commit_fence() -> Fence | None:
+    """The lease this shard worker's reply commits must still hold (``None``: not a shard)."""
+    keeper = _keeper
+    return Fence(keeper.lease.key, keeper.lease.token) if keeper is not None else None
+
+
+def ensure_lease_fresh() -> None:
+    """Called before each take: a worker resumed after a long pause exits instead of taking."""
+    keeper = _keeper
+    if keeper is not None and not keeper.fresh():
+        keeper.lose(f"no lease renewal for {time.monotonic() - keeper.last_sent_ok:.1f}s "
+                    "before taking a message (was the process paused?)")
+
+
+def lease_lost(why: str) -> None:
+    """End this shard worker now (the message stays in flight for the next owner)."""
+    if _keeper is not None:
+        _keeper.lose(why)
+    os._exit(EXIT_LEASE_LOST)
 
 
 def _reachable(lease: ShardLease) -> bool:

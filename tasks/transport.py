@@ -39,6 +39,7 @@ from routing import keys
 from routing.queues import shard_of_queue
 from services.deadletter import DeadLetter
 from services.registry import services
+from tasks.shard_lease import ensure_lease_fresh
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class GuardedChannel(kombu_redis.Channel):
         if queue is None:
             super()._brpop_start(timeout)
             return
+        ensure_lease_fresh()
         if timeout is None:
             timeout = self.brpop_timeout
         self._in_poll = self.client.connection

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
+import pytest
+
 from cli.chatload import check_order
+from deploy.launcher import PROJECT_DIR
 from deploy.shards import shard_worker_argv
 from routing import ChatMessage, keys, send, shard_for
+from services.ai.base import Turn
+from services.conversation import ConversationStore, Fence, Fenced
 from services.lease import ShardLease
 from tasks.shard_lease import EXIT_LEASE_LOST
 from tests.harness import wait_until
@@ -105,3 +114,74 @@ def test_worker_whose_lease_is_stolen_stops_before_it_expires(producer, workers,
     wait_until(lambda: rclient.xlen(keys.outbox(str(user))) == 1, 60,
                what="the replacement answering after the intruder's lease expired")
     assert _workers_that_answered(rclient, user) == {str(replacement.pid)}
+
+
+def test_commit_is_fenced_by_the_lease(rclient):
+    """Breaks if a reply commit fenced with a lease the worker no longer owns writes anything
+    (a worker paused past its lease would deliver a stale reply after the next owner moved
+    on, e.g. after that owner dead-lettered the same message and answered the next one)."""
+    store = ConversationStore(rclient, history_limit=10, done_ttl_s=60)
+    lease = ShardLease(rclient, 0, ttl_s=10)
+    assert lease.acquire() is not None
+    turns: list[Turn] = [{"role": "assistant", "text": "hello"}]
+    stale = Fence(lease.key, "a token from before the pause")
+    with pytest.raises(Fenced):
+        store.commit("7", "task-1", turns, {"kind": "reply"}, fence=stale)
+    assert rclient.xlen(keys.outbox("7")) == 0 and not rclient.exists(keys.done("task-1"))
+    assert store.commit("7", "task-1", turns, {"kind": "reply"},
+                        fence=Fence(lease.key, lease.token)) is not None
+    assert rclient.xlen(keys.outbox("7")) == 1
+
+
+_RESUMED_AFTER_PAUSE = """
+import sys, time, redis
+import tasks.shard_lease as sl
+from services.lease import ShardLease
+lease = ShardLease(redis.Redis.from_url(sys.argv[1]), 0, ttl_s=3)
+keeper = sl.LeaseKeeper(lease, "shard.0")
+sl._keeper = keeper
+sl.ensure_lease_fresh()          # fresh: returns
+keeper.last_sent_ok = time.monotonic() - 2.0   # as after a 2 s pause (give-up is 1.8 s)
+sl.ensure_lease_fresh()          # must end the process with EXIT_LEASE_LOST
+print("took a message after the pause")
+"""
+
+
+def test_take_after_a_long_pause_exits_instead(redis_url):
+    """Breaks if a shard worker whose last lease renewal is older than 0.6 x TTL (a process
+    resumed after SIGSTOP or a VM freeze) may still take a message: another worker may hold
+    the lease by then, and two consumers break the shard's order."""
+    run = subprocess.run([sys.executable, "-c", _RESUMED_AFTER_PAUSE, redis_url],
+                         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
+    assert run.returncode == EXIT_LEASE_LOST, run.stdout + run.stderr
+    assert "took a message" not in run.stdout
+    assert "LEASE LOST" in run.stderr
+
+
+def test_worker_paused_past_its_lease_writes_nothing_after_resume(producer, workers, rclient):
+    """A worker is frozen (SIGSTOP) mid-task, a standby takes the shard and answers
+    everything, then the frozen one resumes. Breaks if the resumed worker writes a reply or
+    takes a message (every reply must come from the standby, in order, once) or keeps running
+    (it must exit with EXIT_LEASE_LOST). Which guard stops it (the heartbeat, the fenced
+    commit, the pre-take check) is a race; the two tests above pin the last two."""
+    user = _user_on(0)
+    workers.env.update(SHARD_LEASE_TTL_S="3", AI_LATENCY_MS="1500")
+    frozen = workers.start_shard(0)
+    wait_until(lambda: _holder_pid(rclient) == str(frozen.pid), 60, what="first owner")
+    for seq in range(5):
+        send(producer, ChatMessage(user, f"message {seq}", extra={"seq": seq}))
+    wait_until(lambda: rclient.llen(keys.inflight("shard.0")) == 1, 60, what="a message taken")
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    try:
+        standby = workers.start("standby-0", shard_worker_argv(0, "INFO"))
+        wait_until(lambda: rclient.xlen(keys.outbox(str(user))) >= 1, 60,
+                   what="the standby answering the frozen worker's message")
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    wait_until(lambda: frozen.poll() is not None, 60, what="the resumed worker to exit")
+    assert frozen.returncode == EXIT_LEASE_LOST
+    wait_until(lambda: rclient.xlen(keys.outbox(str(user))) >= 5, 60, what="all replies")
+    report = check_order(rclient, {str(user): 5})
+    assert (report.answered, report.missing, report.duplicated, report.violations) == (
+        5, 0, 0, 0)
+    assert _workers_that_answered(rclient, user) == {str(standby.pid)}
