@@ -137,5 +137,9 @@ from cli.promises import promises  # noqa: E402
 main.add_command(jobs)
 main.add_command(promises)
 
+from cli.status import status  # noqa: E402
+
+main.add_command(status)
+
 if __name__ == "__main__":
     main()

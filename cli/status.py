@@ -1,0 +1,96 @@
+"""``shardline status``: the deployment at a glance, once or refreshed with ``--watch``.
+
+Shards (depth, oldest waiting message, lease holder, heartbeat, recent rate), workload queues
+(depth per priority sub-list), dead letters, duplicates, order violations and the breaker.
+Every figure comes from ``metrics.readings``, the functions the Prometheus collector uses, so
+the two never disagree. It only reads.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+import redis
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+import celeryconfig
+from metrics.readings import (
+    DeploymentReading,
+    deployment_breakers,
+    priority_lists,
+    read_deployment,
+    read_rates,
+)
+from metrics.schema import RATE_WINDOW_S
+from services.breaker import BreakerState
+from services.redis_client import connect
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def render(d: DeploymentReading, rates: dict[str, float]) -> Group:
+    """The status tables of one reading, ``rates`` being tasks/s by queue."""
+    shards = Table(title=f"shards (tasks/s over the last {RATE_WINDOW_S} s)",
+                   title_justify="left")
+    for column in ("shard", "depth", "oldest", "lease holder", "heartbeat", "tasks/s",
+                   "out of order"):
+        shards.add_column(column, justify="left" if column in ("shard", "lease holder")
+                          else "right", no_wrap=column == "lease holder")
+    for s in d.shards:
+        shards.add_row(s.queue.name, str(s.queue.depth), _seconds(s.queue.oldest_age_s(d.read_at)),
+                       s.lease.holder if s.lease else "[red]none[/]",
+                       _seconds(s.heartbeat_age_s), f"{rates.get(s.queue.name, 0.0):.2f}",
+                       str(d.order_violations.get(s.shard, 0)))
+    workloads = Table(title="workload queues", title_justify="left")
+    steps = [step for step, _ in priority_lists("")]
+    for column in ("queue", *(f"p{step}" for step in steps), "depth", "oldest"):
+        workloads.add_column(column, justify="left" if column == "queue" else "right")
+    for q in d.workload_queues:
+        workloads.add_row(q.name, *(str(q.by_priority.get(step, 0)) for step in steps),
+                          str(q.depth), _seconds(q.oldest_age_s(d.read_at)))
+    lines = [f"dead letters: {d.dead_letters}",
+             f"duplicates dropped: {d.duplicates_dropped}"]
+    for name, b in sorted(d.breakers.items()):
+        line = f"breaker {name}: {b.state.value}, {b.failures} consecutive failures"
+        if b.state is BreakerState.OPEN:
+            line += f", open for {b.open_for_s:.1f}s more"
+        lines.append(line)
+    return Group(shards, workloads, "\n".join(lines))
+
+
+def snapshot(client: redis.Redis, settings: celeryconfig.Settings) -> Group:
+    reading = read_deployment(client, shard_count=settings.shard_count,
+                              breakers=deployment_breakers(client, settings))
+    rates = read_rates(client, [s.queue.name for s in reading.shards], now=reading.read_at)
+    return render(reading, rates)
+
+
+@click.command()
+@click.option("--watch", "watch_s", type=float, is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="Refresh every SECONDS (2 if omitted) until Ctrl-C.")
+def status(watch_s: float | None) -> None:
+    """Shards, workload queues, dead letters and the breaker, read from Redis."""
+    settings = celeryconfig.settings
+    if not settings.redis_url:
+        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
+    client = connect(settings.redis_url)
+    console = Console(highlight=False)
+    try:
+        if watch_s is None:
+            console.print(snapshot(client, settings))
+            return
+        with Live(snapshot(client, settings), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(max(watch_s, 0.1))
+                live.update(snapshot(client, settings), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot read Redis at {settings.redis_url}: {exc}") from exc
+    finally:
+        client.close()
