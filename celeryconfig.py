@@ -98,6 +98,13 @@ def _on_failure(raw: str) -> str:
     return raw
 
 
+def _positive(name: str, default: float) -> float:
+    value = _float(name, default)
+    if value <= 0:
+        raise ValueError(f"environment variable {name} must be > 0, got {value}")
+    return value
+
+
 def _shard_lease_ttl(ttl_s: float) -> float:
     # A take blocks up to 1 s (kombu's brpop_timeout); a worker stops taking 0.6 x TTL after
     # its last renewal, so 0.4 x TTL must exceed that 1 s (tasks/shard_lease.py).
@@ -172,6 +179,8 @@ class Settings:
     publish_retry_s: float
     #: Seconds a shard lease lives unless renewed (renewed every third of it).
     shard_lease_ttl_s: float
+    #: Seconds a process may use its cached shard map (count, epoch) before reading it again.
+    shard_map_refresh_s: float
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
@@ -238,6 +247,7 @@ class Settings:
             breaker_open_s=_float("BREAKER_OPEN_S", 30.0),
             publish_retry_s=_float("PUBLISH_RETRY_S", 10.0),
             shard_lease_ttl_s=_shard_lease_ttl(_float("SHARD_LEASE_TTL_S", 10.0)),
+            shard_map_refresh_s=_positive("SHARD_MAP_REFRESH_S", 1.0),
             metrics_host=_str("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9808),
         )

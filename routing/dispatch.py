@@ -7,10 +7,18 @@ anything is sent. A message with a ``message_id`` is published at most once per 
 ``DEDUP_WINDOW_S``; each published message gets the user's next sequence number
 (``routing.publish``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
 then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (ORDERING.md).
+
+Messages are routed with the deployment's shard map (``routing.shardmap``) as read from the
+app's Redis, and the publish script refuses a batch routed under an epoch that is no longer
+current, telling the new epoch and count: the batch is re-routed under them at once. So a
+producer sees a rescale at its very next publish, and needs no periodic read of the map (one
+round trip per batch, as before). An app whose ``task_routes`` is a pinned ``ShardRouter(n)``
+routes with ``n`` shards and is not fenced.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -25,9 +33,11 @@ from kombu.utils.uuid import uuid
 from routing import keys
 from routing.envelope import EnvelopeBuilder
 from routing.errors import InvalidDispatch, PublishFailed
-from routing.publish import Outgoing, PublishScript
-from routing.queues import SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE
-from routing.router import queue_for, user_id_of
+from routing.hashing import shard_for
+from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
+from routing.queues import SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, shard_queue
+from routing.router import ShardRouter, user_id_of
+from routing.shardmap import ShardMap, ShardMapCache
 from routing.userid import canonical_user_id
 
 T = TypeVar("T")
@@ -133,13 +143,27 @@ def _safe_url(app: Celery) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
+#: Re-routes of one batch after stale-epoch refusals before giving up (each one means the map
+#: changed again between two round trips: only a runaway rescale loop gets near this).
+MAX_REROUTES = 16
+
+
 @dataclass(frozen=True)
 class _Publisher:
     builder: EnvelopeBuilder
     script: PublishScript
+    #: The deployment's shard map in the app's Redis.
+    maps: ShardMapCache
 
 
 _publishers: weakref.WeakKeyDictionary[Celery, _Publisher] = weakref.WeakKeyDictionary()
+
+
+def _pinned_router(app: Celery) -> ShardRouter | None:
+    """The app's own pinned ``ShardRouter`` (``task_routes = (ShardRouter(n),)``), if any."""
+    routes = app.conf.task_routes
+    first = routes[0] if isinstance(routes, (list, tuple)) and routes else routes
+    return first if isinstance(first, ShardRouter) and first.pinned else None
 
 
 def _publisher(app: Celery) -> _Publisher:
@@ -147,22 +171,48 @@ def _publisher(app: Celery) -> _Publisher:
 
     publisher = _publishers.get(app)
     if publisher is None:
+        settings = celeryconfig.settings
         client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=10,
                                       socket_connect_timeout=2)
-        publisher = _Publisher(EnvelopeBuilder(app),
-                               PublishScript(client, celeryconfig.settings.dedup_window_s))
+        publisher = _Publisher(
+            EnvelopeBuilder(app), PublishScript(client, settings.dedup_window_s),
+            # Never expires: the publish script says when it is stale (see _publish_routed).
+            ShardMapCache(client, settings.shard_count, refresh_s=math.inf))
         _publishers[app] = publisher
     return publisher
 
 
-def _outgoing(builder: EnvelopeBuilder, message: ChatMessage) -> Outgoing:
+def _outgoing(builder: EnvelopeBuilder, message: ChatMessage, shard_map: ShardMap,
+              task_id: str) -> Outgoing:
     args, kwargs = (message.user_id, message.text), message.task_kwargs()
     user_id = user_id_of(args, kwargs)  # as the router reads it: a user_id keyword wins
     user = canonical_user_id(user_id)
-    queue = queue_for(user_id)
-    task_id, envelope = builder.build(message.task_name, args, kwargs, queue=queue)
+    queue = shard_queue(shard_for(user_id, shard_map.count))
+    task_id, envelope = builder.build(message.task_name, args, kwargs, queue=queue,
+                                      task_id=task_id, epoch=shard_map.epoch)
     claim = keys.dedup(user, message.message_id) if message.message_id is not None else None
     return Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope, claim_key=claim)
+
+
+def _publish_routed(app: Celery, batch: list[ChatMessage],
+                    task_ids: list[str]) -> list[Published]:
+    """Route ``batch`` under the current map and publish it; on a stale-epoch refusal (nothing
+    was sent) read the map again and re-route, so no message is published under an old map."""
+    publisher = _publisher(app)
+    pinned = _pinned_router(app)
+    for _ in range(MAX_REROUTES):
+        shard_map = pinned.shard_map() if pinned else publisher.maps.current()
+        outgoing = [_outgoing(publisher.builder, m, shard_map, task_id)
+                    for m, task_id in zip(batch, task_ids, strict=True)]
+        try:
+            return publisher.script(outgoing, shard_map.epoch)
+        except StaleEpoch as stale:
+            if stale.count is None:
+                publisher.maps.refresh()
+            else:
+                publisher.maps.adopt(ShardMap(stale.count, stale.current))
+    raise PublishFailed(f"the shard map changed {MAX_REROUTES} times while publishing "
+                        f"{len(batch)} message(s)")
 
 
 def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[DispatchResult]:
@@ -179,10 +229,9 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
     limit = max_text_bytes()
     for message in batch:
         validate(message, limit)
-    publisher = _publisher(app)
-    outgoing = [_outgoing(publisher.builder, m) for m in batch]
-    published = with_publish_retry(app, f"publish {len(outgoing)} message(s)",
-                                   lambda: publisher.script(outgoing))
+    task_ids = [uuid() for _ in batch]
+    published = with_publish_retry(app, f"publish {len(batch)} message(s)",
+                                   lambda: _publish_routed(app, batch, task_ids))
     return [DispatchResult(p.task_id, duplicate=p.seq is None, seq=p.seq) for p in published]
 
 

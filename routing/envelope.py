@@ -8,8 +8,9 @@ a worker reads. ``tests/test_batch_dispatch.py`` compares it field by field with
 ``send_task`` publishes, so a Celery upgrade that changes the format fails there, not in
 production.
 
-Two headers are shardline's own: ``published_at`` (producer clock, unix seconds: the age of
-the oldest waiting message) and ``shardline_seq``, the user's sequence number, which only the
+Three headers are shardline's own: ``published_at`` (producer clock, unix seconds: the age of
+the oldest waiting message), ``shardline_epoch``, the shard-map epoch the message was routed
+under (``routing.shardmap``), and ``shardline_seq``, the user's sequence number, which only the
 publish script in Redis can know: the envelope carries :data:`SEQ_PLACEHOLDER` and the script
 puts the number in its place (``routing.publish``). This module builds; it never publishes.
 """
@@ -28,6 +29,8 @@ from kombu.utils.uuid import uuid
 
 #: Header holding the user's sequence number of an ordered message (assigned at publish).
 SEQ_HEADER = "shardline_seq"
+#: Header holding the shard-map epoch a message was routed under (absent: a pinned map).
+EPOCH_HEADER = "shardline_epoch"
 #: Header holding the producer's clock at publish time, in unix seconds.
 PUBLISHED_AT_HEADER = "published_at"
 #: JSON text the publish script replaces with the sequence number (quotes included).
@@ -47,8 +50,13 @@ class EnvelopeBuilder:
         self.max_levels = app.conf.task_repr_maxlevels
 
     def build(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-              queue: str, task_id: str | None = None) -> tuple[str, str]:
-        """``(task id, envelope JSON)`` of one task for ``queue``; the JSON holds the seq mark."""
+              queue: str, task_id: str | None = None, epoch: int | None = None,
+              numbered: bool = True) -> tuple[str, str]:
+        """``(task id, envelope JSON)`` of one task for ``queue``, routed under ``epoch``.
+
+        ``numbered``: the JSON holds the seq mark for the publish script; control messages
+        (the rescale's barrier markers) are not numbered and carry no ``shardline_seq``.
+        """
         task_id = task_id or uuid()
         body = dumps((args, kwargs, _EMBED)).encode("utf-8")
         headers = {
@@ -72,8 +80,11 @@ class EnvelopeBuilder:
             "stamped_headers": None,
             "stamps": {},
             PUBLISHED_AT_HEADER: time.time(),
-            SEQ_HEADER: _SEQ_MARK,
         }
+        if epoch is not None:
+            headers[EPOCH_HEADER] = epoch
+        if numbered:
+            headers[SEQ_HEADER] = _SEQ_MARK
         envelope = {
             "body": base64.b64encode(body).decode("ascii"),
             "content-encoding": "utf-8",

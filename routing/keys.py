@@ -75,6 +75,32 @@ def dedup(user: str, message_id: str) -> str:
 DUPLICATES_DROPPED = f"{PREFIX}duplicates-dropped"
 #: Hash user -> the last sequence number given to one of the user's ordered messages.
 USER_SEQ = f"{PREFIX}user-seq"
+#: Hash user -> the highest sequence number of the user's ordered messages that started on a
+#: worker (the worker-side order check, ``services.sequence``).
+USER_STARTED_SEQ = f"{PREFIX}user-started-seq"
+
+# ---- shard map and online rescale (routing/shardmap.py, services/barrier.py) ----------
+#: Hash ``count`` (shard queues), ``epoch`` (incremented by each rescale), ``switched_at``
+#: (Redis time of the last rescale). Absent: ``SHARD_COUNT`` shards, epoch 0.
+SHARD_MAP = f"{PREFIX}shard-map"
+#: Hash epoch -> the shard count of that epoch (written by each rescale; never changed).
+SHARD_MAP_EPOCHS = f"{PREFIX}shard-map:epochs"
+#: Counter of publish batches refused because they were routed under an old epoch.
+STALE_EPOCH_PUBLISHES = f"{PREFIX}stale-epoch-publishes"
+
+
+def barrier(epoch: int) -> str:
+    """Hash old shard -> ``passed`` / ``released``: the drain barrier of rescale ``epoch``.
+
+    ``passed``: the shard's worker ran its epoch marker, so every message routed to it under
+    an older epoch has run; ``released``: the users waiting for it were sent ``release_held``.
+    """
+    return f"{PREFIX}barrier:{epoch}"
+
+
+def barrier_waiting(epoch: int, shard: int) -> str:
+    """Set of the users whose new messages wait for old shard ``shard``'s ``epoch`` marker."""
+    return f"{PREFIX}barrier:{epoch}:{shard}:waiting"
 
 # ---- jobs (jobs/), promises' run log, HTTP ingest log (issue 5) ------------------------
 #: Sorted set of job ids scored by creation time: the job index.

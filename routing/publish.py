@@ -1,6 +1,11 @@
 """The publish script: claim, number and enqueue a batch of ordered messages in one Lua call.
 
-For each message, atomically and in input order, Redis:
+First the epoch fence: the batch was routed under one shard-map epoch (``routing.shardmap``);
+if the map in Redis is at another epoch now, the script enqueues nothing, counts the refusal
+(``keys.STALE_EPOCH_PUBLISHES``) and raises :class:`StaleEpoch` here, and the caller re-routes
+under the new map and calls again. A rescale switches the epoch in one Lua call, so no message
+routed under an old map can enter a queue after the switch. Then for each message, atomically
+and in input order, Redis:
 
 1. claims its idempotency key (``SET NX EX`` of ``keys.dedup(user, message id)``) when it has
    a message id; a key already held makes it a duplicate: nothing is enqueued, the original's
@@ -23,17 +28,28 @@ import redis
 from routing import keys
 from routing.envelope import SEQ_PLACEHOLDER
 
-# KEYS: [1] seq hash, [2] duplicates counter, then per message: queue, dedup key ('' if none).
-# ARGV: [1] dedup window (s), then per message: user, task id, envelope.
-# Returns per message: the seq number (integer), or the original task id (a duplicate).
+# KEYS: [1] seq hash, [2] duplicates counter, [3] shard map, [4] stale-epoch counter,
+#       then per message: queue, dedup key ('' if none).
+# ARGV: [1] dedup window (s), [2] seq mark, [3] expected epoch ('' = pinned map, no fence),
+#       then per message: user, task id, envelope.
+# Returns per message: the seq number (integer), or the original task id (a duplicate);
+# or, for the whole batch, 'stale-epoch:<epoch now>:<count now>' with nothing enqueued.
 _PUBLISH = """
 local window = tonumber(ARGV[1])
 local mark = ARGV[2]
+if ARGV[3] ~= '' then
+  local map = redis.call('HMGET', KEYS[3], 'epoch', 'count')
+  local epoch = map[1] or '0'
+  if epoch ~= ARGV[3] then
+    redis.call('INCR', KEYS[4])
+    return 'stale-epoch:' .. epoch .. ':' .. (map[2] or '')
+  end
+end
 local out = {}
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 4) / 2
 for i = 1, n do
-  local queue, claim = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local user, task_id, envelope = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local queue, claim = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local user, task_id, envelope = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
   local original = false
   if claim ~= '' then
     if not redis.call('SET', claim, task_id, 'NX', 'EX', window) then
@@ -67,6 +83,17 @@ class Outgoing:
     claim_key: str | None = None
 
 
+class StaleEpoch(Exception):
+    """The batch was routed under another shard-map epoch than Redis has now: nothing sent."""
+
+    def __init__(self, expected: int, current: int, count: int | None) -> None:
+        super().__init__(f"routed under shard-map epoch {expected}, but the map is at {current}")
+        self.expected = expected
+        self.current = current
+        #: The map's shard count now (``None`` when no map is written: ``SHARD_COUNT``).
+        self.count = count
+
+
 @dataclass(frozen=True)
 class Published:
     #: The user's sequence number, or ``None`` for a duplicate (nothing was enqueued).
@@ -83,15 +110,24 @@ class PublishScript:
         self.dedup_window_s = dedup_window_s
         self._script = client.register_script(_PUBLISH)
 
-    def __call__(self, batch: list[Outgoing]) -> list[Published]:
+    def __call__(self, batch: list[Outgoing], epoch: int | None = None) -> list[Published]:
+        """Publish ``batch``, routed under shard-map ``epoch`` (``None``: a pinned map, not
+        fenced); raises :class:`StaleEpoch`, having sent nothing, if the map moved on."""
         if not batch:
             return []
-        script_keys: list[str] = [keys.USER_SEQ, keys.DUPLICATES_DROPPED]
-        args: list[str | int] = [self.dedup_window_s, SEQ_PLACEHOLDER]
+        script_keys: list[str] = [keys.USER_SEQ, keys.DUPLICATES_DROPPED, keys.SHARD_MAP,
+                                  keys.STALE_EPOCH_PUBLISHES]
+        args: list[str | int] = [self.dedup_window_s, SEQ_PLACEHOLDER,
+                                 "" if epoch is None else epoch]
         for out in batch:
             script_keys += [out.queue, out.claim_key or ""]
             args += [out.user, out.task_id, out.envelope]
         replies = self._script(keys=script_keys, args=args)
+        if isinstance(replies, (bytes, str)):
+            text = replies.decode() if isinstance(replies, bytes) else replies
+            _, current, count = text.split(":")
+            raise StaleEpoch(-1 if epoch is None else epoch, int(current),
+                             int(count) if count else None)
         results = []
         for out, reply in zip(batch, replies, strict=True):
             if isinstance(reply, int):

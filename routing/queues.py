@@ -29,6 +29,11 @@ NOTIFY_PROMISE_DONE = "shardline.notify_promise_done"
 #: Runs a released user's held messages on their shard (sent when a parked one is discarded).
 RELEASE_HELD = "shardline.release_held"
 
+#: The drain-barrier marker of a rescale, ``epoch_barrier(epoch, shard)``: put on every old
+#: shard queue by ``shardline rescale`` in the same Lua call as the epoch switch. Not a user's
+#: task (no user id, not in :data:`ORDERED_TASKS`); it only ever arrives by that LPUSH.
+EPOCH_BARRIER = "shardline.epoch_barrier"
+
 #: Tasks that belong to one user's conversation: routed to the user's shard, never retried
 #: through the broker, never given a priority or an ETA.
 ORDERED_TASKS: frozenset[str] = frozenset(

@@ -5,16 +5,27 @@ anything is published when the user id cannot be routed or when the caller passe
 that would reorder a shard: an explicit ``queue`` (it overrides the router, see
 ``celery/app/routes.py``) or a ``priority`` (each step is its own Redis list, read
 priority-major).
+
+The shard count is the deployment's shard map (``routing.shardmap``), cached per process for
+``SHARD_MAP_REFRESH_S``; each ordered message sent through Celery's ``send_task`` gets the
+epoch it was routed under in its ``shardline_epoch`` header. Unlike ``routing.dispatch``, such a
+publish is not fenced: for up to ``SHARD_MAP_REFRESH_S`` after a rescale a process may still
+send a control message (notice, replay, ``release_held``) under the old map.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from celery.signals import before_task_publish
+
+from routing.envelope import EPOCH_HEADER
 from routing.errors import InvalidDispatch, InvalidUserId
 from routing.hashing import shard_for
 from routing.queues import ORDERED_TASKS, shard_queue, workload_queue_for
+from routing.shardmap import ShardMap, cache_for
 
 
 def user_id_of(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> object:
@@ -26,16 +37,40 @@ def user_id_of(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> 
     raise InvalidUserId("ordered task called without a user_id argument")
 
 
-def _configured_shard_count() -> int:
+def configured_shard_map(refresh: bool = False) -> ShardMap:
+    """The deployment's shard map as this process sees it (cached, ``SHARD_MAP_REFRESH_S``).
+
+    Without a Redis URL (``REDIS_URL`` or a running launcher's) it is ``SHARD_COUNT`` at
+    epoch 0. ``refresh``: read it from Redis now.
+    """
     import celeryconfig
 
-    return celeryconfig.settings.shard_count
+    settings = celeryconfig.settings
+    if not settings.redis_url:
+        return ShardMap(settings.shard_count, 0)
+    cache = cache_for(settings.redis_url)
+    return cache.refresh() if refresh else cache.current()
 
 
 def queue_for(user_id: object, shard_count: int | None = None) -> str:
-    """The shard queue of ``user_id`` under the configured (or given) shard count."""
-    count = _configured_shard_count() if shard_count is None else shard_count
+    """The shard queue of ``user_id`` under the deployment's (or the given) shard count."""
+    count = configured_shard_map().count if shard_count is None else shard_count
     return shard_queue(shard_for(user_id, count))
+
+
+#: The map the router last routed an ordered task with, per thread: the publish signal below
+#: stamps its epoch on that message (Celery calls the router, then the signal, in one thread).
+_routed = threading.local()
+
+
+@before_task_publish.connect(weak=False)
+def stamp_epoch(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Put the epoch the router used into an ordered message's ``shardline_epoch`` header."""
+    shard_map: ShardMap | None = getattr(_routed, "map", None)
+    _routed.map = None
+    if (headers is not None and shard_map is not None and shard_map.epoch is not None
+            and headers.get("task") in ORDERED_TASKS and EPOCH_HEADER not in headers):
+        headers[EPOCH_HEADER] = shard_map.epoch
 
 
 def _explicit_queue_name(options: Mapping[str, Any]) -> str | None:
@@ -46,17 +81,27 @@ def _explicit_queue_name(options: Mapping[str, Any]) -> str | None:
 
 
 class ShardRouter:
-    """A ``task_routes`` router. ``shard_count`` is a number or a callable returning one."""
+    """A ``task_routes`` router. ``shard_count`` is a number or a callable returning one; the
+    default (``None``) is the deployment's shard map. A given count pins the router (tests,
+    benchmarks): its messages carry no epoch and ``routing.dispatch`` does not fence them."""
 
     def __init__(self, shard_count: int | Callable[[], int] | None = None) -> None:
         self._shard_count = shard_count
 
-    def shard_count(self) -> int:
+    @property
+    def pinned(self) -> bool:
+        return self._shard_count is not None
+
+    def shard_map(self) -> ShardMap:
+        """The map this router routes with now."""
         if self._shard_count is None:
-            return _configured_shard_count()
+            return configured_shard_map()
         if callable(self._shard_count):
-            return self._shard_count()
-        return self._shard_count
+            return ShardMap(self._shard_count(), None)
+        return ShardMap(self._shard_count, None)
+
+    def shard_count(self) -> int:
+        return self.shard_map().count
 
     def __call__(
         self,
@@ -68,7 +113,8 @@ class ShardRouter:
         **kw: Any,
     ) -> dict[str, str] | None:
         if name in ORDERED_TASKS:
-            queue = queue_for(user_id_of(args, kwargs), self.shard_count())
+            shard_map = self.shard_map()
+            queue = queue_for(user_id_of(args, kwargs), shard_map.count)
             explicit = _explicit_queue_name(options)
             if explicit is not None and explicit != queue:
                 raise InvalidDispatch(
@@ -80,6 +126,7 @@ class ShardRouter:
                     f"{name} must not carry a priority (got {options['priority']!r}): "
                     "a second priority list would reorder the shard"
                 )
+            _routed.map = shard_map
             return {"queue": queue}
         workload = workload_queue_for(name)
         return {"queue": workload} if workload else None

@@ -1,11 +1,11 @@
 """dispatch_batch: the same messages as Celery's send_task, in one Redis round trip, all or nothing.
 
 Messages are compared as the raw kombu envelopes Redis holds (RPOP from the shard lists),
-with only the per-message identifiers normalised and shardline's own two headers (publish time,
-the user's sequence number) checked and set aside. The round trip is proven with a TCP proxy
-in front of the producer's Redis that holds back every reply: if all 200 LPUSHes reach the
-server while the producer has not received a single reply, the producer did not wait
-between them.
+with only the per-message identifiers normalised and shardline's own headers (publish time,
+the shard-map epoch, the user's sequence number) checked and set aside. The round trip is
+proven with a TCP proxy in front of the producer's Redis that holds back every reply: if all
+200 LPUSHes reach the server while the producer has not received a single reply, the
+producer did not wait between them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from routing import ChatMessage, InvalidDispatch, InvalidUserId, dispatch_batch, keys, send
-from routing.envelope import PUBLISHED_AT_HEADER, SEQ_HEADER
+from routing.envelope import EPOCH_HEADER, PUBLISHED_AT_HEADER, SEQ_HEADER
 from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
 from tests.harness import producer_for, wait_until
 
@@ -66,14 +66,17 @@ def _normalise(queues: dict[str, list[dict[str, Any]]], *,
     """The envelopes with per-message ids replaced by a placeholder, and those task ids.
 
     ``ours``: published by routing (not by Celery's send_task), so each must carry an int
-    sequence number and a publish time, which are then removed for the comparison."""
+    sequence number. Both must carry a publish time (send_task's from the before_task_publish
+    handler) and the shard-map epoch they were routed under (send_task's stamped by the
+    router); all three are removed for the comparison."""
     task_ids = []
     for envelopes in queues.values():
         for env in envelopes:
             headers, props = env["headers"], env["properties"]
             if ours:
                 assert isinstance(headers.pop(SEQ_HEADER), int)
-                assert isinstance(headers.pop(PUBLISHED_AT_HEADER), float)
+            assert isinstance(headers.pop(PUBLISHED_AT_HEADER), float)
+            assert headers.pop(EPOCH_HEADER) == 0  # no rescale: the map's first epoch
             assert SEQ_HEADER not in headers and PUBLISHED_AT_HEADER not in headers
             task_ids.append(headers["id"])
             assert headers["root_id"] == headers["id"] == props["correlation_id"]
@@ -260,8 +263,9 @@ def test_batch_of_200_is_one_round_trip(redis_server, redis_url, rclient) -> Non
     assert before == {"config": 1}
     sent = {name: n - before.get(name, 0) for name, n in after.items()}
     sent = {name: n for name, n in sent.items() if n and name not in ("info", "config")}
-    # One script call; the commands it ran inside Redis: a number and a push per message.
-    assert sent == {"evalsha": 1, "hincrby": 200, "lpush": 200}, sent
+    # One script call; the commands it ran inside Redis: the shard-map epoch check, then a
+    # number and a push per message.
+    assert sent == {"evalsha": 1, "hmget": 1, "hincrby": 200, "lpush": 200}, sent
     assert sum(rclient.llen(q) for q in rclient.keys(f"{SHARD_QUEUE_PREFIX}*")) == 200
 
 
