@@ -293,7 +293,7 @@ worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 worker_send_task_events = False
 worker_consumer = "tasks.consumer:ShardlineConsumer"
-imports = ("tasks.chat", "tasks.jobs", "tasks.promises")
+imports = ("tasks.chat", "tasks.jobs", "tasks.promises", "tasks.rescale")
 
 task_queues = [Queue(name) for name in WORKLOAD_QUEUES]
 

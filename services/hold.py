@@ -6,6 +6,14 @@ their ordered messages that arrives meanwhile is appended to their held list
 discarded, the shard worker itself runs the held list, oldest first, before any message that
 arrived later: that worker is the only one that runs this user's messages, so nothing can
 overtake. This module only keeps the state; it must never run or publish a message.
+
+A rescale's drain barrier (``services.barrier``) holds a moved user the same way, with the
+reason ``barrier:<epoch>:<old shard>`` in the hold set, in every failure mode. Such a reason
+holds only the user's messages routed under that epoch or a later one: the older ones still
+run on the old shard, and they are what the barrier waits for. The held list is kept in the
+users' publish order (``shardline_seq``, then the epoch), not in arrival order: while a moved
+user is held, their older messages can reach the list after newer ones (in hold mode, on the
+old shard); each is inserted behind the last held message that was published before it.
 """
 
 from __future__ import annotations
@@ -23,14 +31,45 @@ from routing import keys
 #: such a message runs although its user is held, and releases the hold when it succeeds.
 REPLAY_HEADER = "shardline_replay"
 
-# KEYS: hold, held   ARGV: message_json
-# The check and the append are one step, so an operator's release cannot slip in between.
+# KEYS: hold, held, then for a moved user (else ''): the barrier hash, its waiting set.
+# ARGV: message JSON, seq ('' if none), epoch ('' if none), old shard, hold reason, user.
+# The checks and the hold are one step, so neither an operator's release nor a barrier
+# marker passing (services/barrier.py) can slip in between.
 _ADMIT = """
-if redis.call('SCARD', KEYS[1]) > 0 then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
+local seq, epoch = tonumber(ARGV[2]), tonumber(ARGV[3])
+-- true when held message ``raw`` was published before this one (the list's order)
+local function before(raw)
+  local other = cjson.decode(raw)
+  local other_seq, other_epoch = tonumber(other.seq), tonumber(other.epoch)
+  if seq and other_seq then return other_seq < seq end
+  if epoch and other_epoch and other_epoch ~= epoch then return other_epoch < epoch end
+  return true
+end
+-- insert behind the last held message published before this one (usually the tail)
+local function hold()
+  local n = redis.call('LLEN', KEYS[2])
+  for i = -1, -n, -1 do
+    local item = redis.call('LINDEX', KEYS[2], i)
+    if before(item) then
+      if i == -1 then redis.call('RPUSH', KEYS[2], ARGV[1])
+      else redis.call('LINSERT', KEYS[2], 'AFTER', item, ARGV[1]) end
+      return 'held'
+    end
+  end
+  redis.call('LPUSH', KEYS[2], ARGV[1])
   return 'held'
 end
-if redis.call('LLEN', KEYS[2]) > 0 then return 'drain' end
+if KEYS[3] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0 then
+  redis.call('SADD', KEYS[1], ARGV[5])
+  redis.call('SADD', KEYS[4], ARGV[6])
+  return hold()
+end
+for _, reason in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local from = tonumber(string.match(reason, '^barrier:(%d+):'))
+  if not from or (epoch and epoch >= from) then return hold() end
+end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if head and before(head) then return 'drain' end
 return 'run'
 """
 
@@ -50,16 +89,33 @@ class HeldMessage:
     id: str | None
     args: list[Any]
     kwargs: dict[str, Any]
+    #: The user's sequence number and the shard-map epoch it was published with, if any.
+    seq: int | None = None
+    epoch: int | None = None
 
     def to_json(self) -> str:
         return json.dumps({"task": self.task, "id": self.id, "args": self.args,
-                           "kwargs": self.kwargs})
+                           "kwargs": self.kwargs, "seq": self.seq, "epoch": self.epoch})
 
     @classmethod
     def from_json(cls, raw: str) -> HeldMessage:
         data = json.loads(raw)
         return cls(task=data["task"], id=data.get("id"), args=list(data.get("args") or []),
-                   kwargs=dict(data.get("kwargs") or {}))
+                   kwargs=dict(data.get("kwargs") or {}), seq=data.get("seq"),
+                   epoch=data.get("epoch"))
+
+
+@dataclass(frozen=True)
+class BarrierCheck:
+    """A moved user's message must wait until its old shard passes the epoch's marker."""
+
+    #: ``keys.barrier(epoch)``: has the old shard passed its marker?
+    barrier_key: str
+    #: ``keys.barrier_waiting(epoch, old shard)``: the users to release when it does.
+    waiting_key: str
+    old_shard: int
+    #: The hold-set member, ``barrier:<epoch>:<old shard>``.
+    reason: str
 
 
 class HoldStore:
@@ -67,9 +123,15 @@ class HoldStore:
         self.redis = client
         self._admit = client.register_script(_ADMIT)
 
-    def admit(self, user: str, message: HeldMessage) -> Admission:
-        """Hold ``message`` if ``user`` is held; else say whether held ones must run first."""
-        result = self._admit(keys=[keys.hold(user), keys.held(user)], args=[message.to_json()])
+    def admit(self, user: str, message: HeldMessage,
+              barrier: BarrierCheck | None = None) -> Admission:
+        """Hold ``message`` if ``user`` is held, or if ``barrier`` has not passed (the user is
+        then held for it); else say whether held ones, published before it, must run first."""
+        script_keys = [keys.hold(user), keys.held(user), barrier.barrier_key if barrier else "",
+                       barrier.waiting_key if barrier else ""]
+        args = [message.to_json(), _opt(message.seq), _opt(message.epoch),
+                barrier.old_shard if barrier else "", barrier.reason if barrier else "", user]
+        result = self._admit(keys=script_keys, args=args)
         return Admission(result.decode() if isinstance(result, bytes) else result)
 
     def is_held(self, user: str) -> bool:
@@ -96,4 +158,9 @@ class HoldStore:
         self.redis.lpop(keys.held(user))
 
     def held(self, user: str) -> list[HeldMessage]:
+        """``user``'s held messages, in the order they will run."""
         return [HeldMessage.from_json(str(r)) for r in self.redis.lrange(keys.held(user), 0, -1)]
+
+
+def _opt(value: int | None) -> str | int:
+    return "" if value is None else value

@@ -23,11 +23,13 @@ import redis
 
 from routing import keys
 from services.ai.base import AIHandler, load_handler
+from services.barrier import DrainBarrier
 from services.breaker import BreakerGuardedHandler, CircuitBreaker
 from services.conversation import ConversationStore
 from services.deadletter import DeadLetterStore
 from services.hold import HoldStore
 from services.redis_client import connect
+from services.sequence import SequenceCheck
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ COMPONENTS: list[Component] = [
     Component("conversations", _conversations),
     Component("dead_letters", lambda s, b: DeadLetterStore(b["redis"])),
     Component("holds", lambda s, b: HoldStore(b["redis"])),
+    Component("barriers", lambda s, b: DrainBarrier(b["redis"], s.shard_count)),
+    Component("sequence", lambda s, b: SequenceCheck(b["redis"])),
 ]
 
 

@@ -12,11 +12,14 @@ import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
 from services.registry import start_services, stop_services
 from tasks.shard_lease import ShardLeaseStep
+from tasks.shard_retire import RetireStep
 
 app = Celery("shardline")
 app.config_from_object("celeryconfig")
 # A shard worker consumes nothing until it holds its shard's lease (tasks/shard_lease.py).
 app.steps["consumer"].add(ShardLeaseStep)
+# A shard removed by a rescale: its worker exits (status 0) once the shard has drained.
+app.steps["consumer"].add(RetireStep)
 
 
 @worker_process_init.connect

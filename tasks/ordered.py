@@ -7,6 +7,11 @@ each of those puts the message behind the user's later ones (ORDERING.md).
 With ``ORDERED_ON_FAILURE=hold`` a parked message holds its user's later ordered messages
 (``services.hold``); this base holds them, and runs them in order once the parked one is
 replayed or discarded.
+
+After a rescale, a moved user's messages routed under the new epoch are held the same way,
+in every mode, until their old shard has run everything it still had for them
+(``services.barrier``). Every message that starts is checked against its user's sequence
+number (``services.sequence``): a step back or a gap is counted as an order violation.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Any
 from celery import Task
 
 import celeryconfig
+from routing.envelope import EPOCH_HEADER, SEQ_HEADER
 from routing.errors import InvalidDispatch, InvalidUserId
+from routing.queues import shard_of_queue
 from routing.router import user_id_of
 from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
@@ -58,30 +65,34 @@ class OrderedTask(Task):
     holdable = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        replay_of = getattr(self.request, REPLAY_HEADER, None)
-        if celeryconfig.settings.ordered_on_failure != "hold":
-            return self._run_in_place(args, kwargs, replay_of=None)
+        hold_mode = celeryconfig.settings.ordered_on_failure == "hold"
+        seq, epoch = _header_int(self.request, SEQ_HEADER), _header_int(self.request, EPOCH_HEADER)
         user = _user_of(args, kwargs)
         if user is None:
-            return self._run_in_place(args, kwargs, replay_of=None)
+            return self._run_in_place(args, kwargs, replay_of=None, seq=seq)
+        barrier = services().get("barriers").check_for(user, epoch, _shard_of(self.request))
+        if barrier is None and self.holdable and not hold_mode:
+            return self._run_in_place(args, kwargs, replay_of=None, seq=seq)  # nothing can hold it
         holds = services().get("holds")
+        replay_of = getattr(self.request, REPLAY_HEADER, None) if hold_mode else None
         if replay_of:
             # The parked message itself: it runs although (because) its user is held.
-            result = self._run_in_place(args, kwargs, replay_of=replay_of)
+            result = self._run_in_place(args, kwargs, replay_of=replay_of, seq=seq)
             self._drain(holds, user)
             return result
         if not self.holdable:
             self._drain(holds, user)
-            return self._run_in_place(args, kwargs, replay_of=None)
-        message = HeldMessage(self.name, self.request.id, list(args), dict(kwargs))
+            return self._run_in_place(args, kwargs, replay_of=None, seq=seq)
+        message = HeldMessage(self.name, self.request.id, list(args), dict(kwargs), seq=seq,
+                              epoch=epoch)
         while True:
-            admission = holds.admit(user, message)
+            admission = holds.admit(user, message, barrier)
             if admission is Admission.HELD:
-                log.warning("%s %s held: user %s has a parked message", self.name,
-                            self.request.id, user)
+                log.warning("%s %s (seq %s) held: user %s is held by %s", self.name,
+                            self.request.id, seq, user, sorted(holds.holding(user)))
                 return None
             if admission is Admission.RUN:
-                return self._run_in_place(args, kwargs, replay_of=None)
+                return self._run_in_place(args, kwargs, replay_of=None, seq=seq)
             self._drain_one(holds, user)
 
     def _drain(self, holds: HoldStore, user: str) -> None:
@@ -99,9 +110,10 @@ class OrderedTask(Task):
         else:
             log.info("running held message %s %s of user %s", held.task, held.id, user)
             task.push_request(id=held.id, args=held.args, kwargs=held.kwargs,
-                              delivery_info=self.request.delivery_info)
+                              delivery_info=self.request.delivery_info,
+                              hostname=self.request.hostname)
             try:
-                task._run_in_place(tuple(held.args), held.kwargs, replay_of=None)
+                task._run_in_place(tuple(held.args), held.kwargs, replay_of=None, seq=held.seq)
             finally:
                 task.pop_request()
         # Popped only after it ran: a crash in between runs it again, and its done-marker
@@ -110,9 +122,15 @@ class OrderedTask(Task):
         return True
 
     def _run_in_place(self, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                      replay_of: str | None) -> Any:
-        """Run once, retrying in place; park when attempts are exhausted."""
+                      replay_of: str | None, seq: int | None) -> Any:
+        """Run once, retrying in place; park when attempts are exhausted. ``seq``: the user's
+        sequence number of this message (checked as it starts), ``None`` for unnumbered ones."""
         task_id = self.request.id
+        user = _user_of(args, kwargs)
+        if seq is not None and user is not None:
+            shard = _shard_of(self.request)
+            services().get("sequence").started(user, seq, "?" if shard is None else shard,
+                                               task_id)
         if task_id and services().get("conversations").already_done(task_id):
             log.info("%s %s already delivered, not delivering again", self.name, task_id)
             return None
@@ -138,7 +156,6 @@ class OrderedTask(Task):
                             self.name, attempt, exc, delay)
                 time.sleep(delay)
             else:
-                user = _user_of(args, kwargs)
                 if replay_of and user is not None:
                     services().get("holds").release(user, replay_of)
                 return result
@@ -159,6 +176,16 @@ class OrderedTask(Task):
 
     def _queue(self) -> str | None:
         return (self.request.delivery_info or {}).get("routing_key")
+
+
+def _header_int(request: Any, name: str) -> int | None:
+    """A shardline header of the running message (Celery puts message headers on the request)."""
+    value = getattr(request, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _shard_of(request: Any) -> int | None:
+    return shard_of_queue(str((request.delivery_info or {}).get("routing_key") or ""))
 
 
 def _user_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

@@ -1,0 +1,105 @@
+"""The order alarm: each ordered message that starts is checked against its user's sequence.
+
+``routing.publish`` numbers every user's ordered messages 1, 2, 3... at publish time, in
+Redis (header ``shardline_seq``). When one starts on a worker, :class:`SequenceCheck` compares
+its number with the highest that started for that user before (``keys.USER_STARTED_SEQ``),
+and records it, in one Lua call. A step back or a gap is an order violation: counted per
+shard in ``keys.ORDER_VIOLATIONS`` (the metrics exporter reads it) and logged as an error.
+
+What is not a violation, and why:
+
+* **The same number again**: a redelivery after a crash (the stranded message goes back to
+  the head of its shard); its done-marker stops a second reply anyway.
+* **A user's first number seen**: there is nothing to compare it with (the numbering may
+  predate the check, or the record may have been cleared); it becomes the baseline.
+* **Messages without the header** are never checked: control messages and re-sends that go
+  through Celery's ``send_task`` (promise notices, dead-letter replays, catch-up replays,
+  ``release_held``) are not numbered.
+
+Held messages (``services.hold``) are checked when they actually run, with the number they
+were published with: the held list is kept in sequence order, so releasing a hold (a
+dead-letter replay or discard, a rescale's drain barrier) gives no violation unless the held
+list itself was run out of order. A message parked in the dead-letter store has started, so
+the user's next one follows it without a gap. This module only checks and counts; it never
+stops, holds or reorders a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+import redis
+
+from routing import keys
+
+log = logging.getLogger(__name__)
+
+# KEYS: started-seq hash, violations hash. ARGV: user, seq, shard field.
+# Returns the verdict and the highest number that had started before (or false).
+_STARTED = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local seq = tonumber(ARGV[2])
+if last == nil then
+  redis.call('HSET', KEYS[1], ARGV[1], seq)
+  return {'first', false}
+end
+if seq == last then return {'repeat', last} end
+if seq == last + 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], seq)
+  return {'next', last}
+end
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+if seq > last then
+  redis.call('HSET', KEYS[1], ARGV[1], seq)
+  return {'gap', last}
+end
+return {'backwards', last}
+"""
+
+
+class Verdict(StrEnum):
+    #: The user's first number seen: the baseline.
+    FIRST = "first"
+    #: The number right after the last one: in order.
+    NEXT = "next"
+    #: The last number again: a redelivery, not a violation.
+    REPEAT = "repeat"
+    #: Skips ahead of the next number: earlier messages did not start (lost or overtaken).
+    GAP = "gap"
+    #: Below the last number: this message runs after a later one of the same user.
+    BACKWARDS = "backwards"
+
+    @property
+    def violation(self) -> bool:
+        return self in (Verdict.GAP, Verdict.BACKWARDS)
+
+
+class SequenceCheck:
+    """The worker's order check, on one Redis client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._started = client.register_script(_STARTED)
+
+    def started(self, user: str, seq: int, shard: int | str, task_id: str | None = None
+                ) -> Verdict:
+        """Record that ``user``'s message number ``seq`` starts now on ``shard``; a violation
+        is counted under ``shard`` and logged."""
+        reply = self._started(keys=[keys.USER_STARTED_SEQ, keys.ORDER_VIOLATIONS],
+                              args=[user, seq, shard])
+        raw, last = reply
+        verdict = Verdict(raw.decode() if isinstance(raw, bytes) else raw)
+        if verdict.violation:
+            log.error("ORDER VIOLATION on shard %s: user %s message %s (task %s) starts after "
+                      "number %s (%s)", shard, user, seq, task_id, last, verdict.value)
+        return verdict
+
+    def violations(self) -> dict[str, int]:
+        """Shard -> violations counted so far."""
+        raw = self.redis.hgetall(keys.ORDER_VIOLATIONS)
+        return {_text(k): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
