@@ -114,14 +114,14 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
     wait_until(lambda: outbox_total() == 7 and rclient.zcard(keys.DEAD_LETTER_INDEX) == 2,
                90, what="7 replies and 2 dead letters")
 
-    def settled() -> bool:
+    def settled() -> bool:  # at least the expected runs; exactly is asserted below
         f = scrape(exporter)
-        return (value(f, "shardline_tasks_total", task=MAINTENANCE, queue="default",
-                      outcome="succeeded") == 4
-                and value(f, "shardline_tasks_total", task=TASK, queue="shard.1",
-                          outcome="succeeded") == 3
-                and value(f, "shardline_tasks_total", task=TASK, queue="shard.0",
-                          outcome="succeeded") == 4)
+        return ((value(f, "shardline_tasks_total", task=MAINTENANCE, queue="default",
+                       outcome="succeeded") or 0) >= 4
+                and (value(f, "shardline_tasks_total", task=TASK, queue="shard.1",
+                           outcome="succeeded") or 0) >= 3
+                and (value(f, "shardline_tasks_total", task=TASK, queue="shard.0",
+                           outcome="succeeded") or 0) >= 4)
 
     wait_until(settled, 90, interval_s=0.2, what="every run recorded")
     breaker = CircuitBreaker(redis.Redis.from_url(workers.url), AI_BREAKER, failures=1,
