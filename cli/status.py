@@ -35,14 +35,15 @@ def _seconds(value: float | None) -> str:
 
 def render(d: DeploymentReading, rates: dict[str, float]) -> Group:
     """The status tables of one reading, ``rates`` being tasks/s by queue."""
-    shards = Table(title=f"shards (tasks/s over the last {RATE_WINDOW_S} s)",
-                   title_justify="left")
+    shards = Table(title=f"{d.shard_map.count} shards, epoch {d.shard_map.epoch or 0} "
+                         f"(tasks/s over the last {RATE_WINDOW_S} s)", title_justify="left")
     for column in ("shard", "depth", "oldest", "lease holder", "heartbeat", "tasks/s",
                    "out of order"):
         shards.add_column(column, justify="left" if column in ("shard", "lease holder")
                           else "right", no_wrap=column == "lease holder")
     for s in d.shards:
-        shards.add_row(s.queue.name, str(s.queue.depth), _seconds(s.queue.oldest_age_s(d.read_at)),
+        name = f"{s.queue.name} (draining)" if s.retired else s.queue.name
+        shards.add_row(name, str(s.queue.depth), _seconds(s.queue.oldest_age_s(d.read_at)),
                        s.lease.holder if s.lease else "[red]none[/]",
                        _seconds(s.heartbeat_age_s), f"{rates.get(s.queue.name, 0.0):.2f}",
                        str(d.order_violations.get(s.shard, 0)))
@@ -64,7 +65,7 @@ def render(d: DeploymentReading, rates: dict[str, float]) -> Group:
 
 
 def snapshot(client: redis.Redis, settings: celeryconfig.Settings) -> Group:
-    reading = read_deployment(client, shard_count=settings.shard_count,
+    reading = read_deployment(client, default_shard_count=settings.shard_count,
                               breakers=deployment_breakers(client, settings))
     rates = read_rates(client, [s.queue.name for s in reading.shards], now=reading.read_at)
     return render(reading, rates)

@@ -34,15 +34,16 @@ log = logging.getLogger(__name__)
 
 
 class ShardlineCollector(Collector):
-    def __init__(self, client: redis.Redis, *, shard_count: int,
+    def __init__(self, client: redis.Redis, *, default_shard_count: int,
                  breakers: Iterable[CircuitBreaker] = ()) -> None:
         self.redis = client
-        self.shard_count = shard_count
+        #: ``SHARD_COUNT``: the shard count while no shard map was written (a rescale does).
+        self.default_shard_count = default_shard_count
         self.breakers = list(breakers)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Any) -> ShardlineCollector:
-        return cls(client, shard_count=settings.shard_count,
+        return cls(client, default_shard_count=settings.shard_count,
                    breakers=deployment_breakers(client, settings))
 
     def describe(self) -> Iterable[Metric]:
@@ -51,7 +52,8 @@ class ShardlineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("shardline_redis_up", "1 if the exporter could read Redis")
         try:
-            deployment = read_deployment(self.redis, shard_count=self.shard_count,
+            deployment = read_deployment(self.redis,
+                                         default_shard_count=self.default_shard_count,
                                          breakers=self.breakers)
             stats = read_task_stats(self.redis)
         except redis.RedisError as exc:
@@ -109,6 +111,10 @@ def deployment_families(d: DeploymentReading) -> Iterator[Metric]:
             heartbeat.add_metric([str(shard.shard)], shard.heartbeat_age_s)
         violations.add_metric([str(shard.shard)], d.order_violations.get(shard.shard, 0))
     yield from (lease_up, heartbeat, violations)
+    yield GaugeMetricFamily("shardline_shards", "Shard queues in the current shard map",
+                            value=d.shard_map.count)
+    yield GaugeMetricFamily("shardline_shard_map_epoch", "Rescales so far (the map's epoch)",
+                            value=d.shard_map.epoch or 0)
     yield GaugeMetricFamily("shardline_dead_letters", "Messages in the dead-letter store",
                             value=d.dead_letters)
     yield CounterMetricFamily("shardline_duplicates_dropped",

@@ -9,6 +9,10 @@ waiting message is read from the ``published_at`` header of the message at the r
 each sub-list (kombu LPUSHes and consumers take from the right, so that one waited longest);
 a queue whose oldest messages lack the header has no age (``None``), an empty queue has 0.
 Ages use this reader's clock against the producer's; heartbeat ages use Redis' clock only.
+
+The shards are those of the shard map in Redis (``routing.shardmap``; ``SHARD_COUNT`` until a
+rescale writes one). A shard an earlier epoch had and the current one has not is listed while
+it still has waiting messages or a lease holder (it is being drained), and then no more.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from metrics.schema import COUNT, DURATION_BUCKETS, RATE_WINDOW_S, SUM, labels_o
 from routing import keys
 from routing.envelope import PUBLISHED_AT_HEADER
 from routing.queues import WORKLOAD_QUEUES, shard_queue
+from routing.shardmap import ShardMap, epoch_counts, read_shard_map
 from services.breaker import AI_BREAKER, BreakerStatus, CircuitBreaker
 from services.lease import LeaseHolder, parse_lease
 
@@ -76,17 +81,21 @@ class ShardReading:
     lease: LeaseHolder | None
     #: Seconds since the lease was last taken or renewed (Redis' clock); None if not held.
     heartbeat_age_s: float | None
+    #: True for a shard the current map no longer has, listed while it drains.
+    retired: bool = False
 
 
 @dataclass(frozen=True)
 class DeploymentReading:
     #: This reader's clock (unix seconds) when it read: message ages are relative to it.
     read_at: float
+    #: The shard map the shards were read under.
+    shard_map: ShardMap
     shards: list[ShardReading]
     workload_queues: list[QueueReading]
     dead_letters: int
     duplicates_dropped: int
-    #: Shard -> ordered messages run out of sequence there; every shard, 0 when none.
+    #: Shard -> ordered messages run out of sequence there; every listed shard, 0 if none.
     order_violations: dict[int, int]
     breakers: dict[str, BreakerStatus]
 
@@ -97,9 +106,14 @@ def deployment_breakers(client: redis.Redis, settings: Any) -> list[CircuitBreak
                            open_s=settings.breaker_open_s)]
 
 
-def read_deployment(client: redis.Redis, *, shard_count: int,
+def read_deployment(client: redis.Redis, *, default_shard_count: int,
                     breakers: Iterable[CircuitBreaker] = ()) -> DeploymentReading:
-    """Queues, shard leases, dead letters, duplicates, order violations and breakers."""
+    """Queues, shard leases, dead letters, duplicates, order violations and breakers.
+
+    ``default_shard_count`` is ``SHARD_COUNT``: the shard count while no map was written.
+    """
+    shard_map = read_shard_map(client, default_shard_count)
+    shard_count = max([shard_map.count, *epoch_counts(client, default_shard_count).values()])
     queues = [shard_queue(s) for s in range(shard_count)] + list(WORKLOAD_QUEUES)
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
@@ -124,14 +138,17 @@ def read_deployment(client: redis.Redis, *, shard_count: int,
         age = None
         if lease is not None and lease.renewed_at is not None:
             age = max(redis_now - lease.renewed_at, 0.0)
-        shards.append(ShardReading(shard, readings[shard_queue(shard)], lease, age))
+        waiting = readings[shard_queue(shard)]
+        retired = shard >= shard_map.count
+        if not retired or waiting.depth or lease is not None:
+            shards.append(ShardReading(shard, waiting, lease, age, retired))
     dead_letters, duplicates, violations = next(replies), next(replies), next(replies)
     counted = {int(k): int(v) for k, v in _text_map(violations).items() if _text(k).isdigit()}
     return DeploymentReading(
-        read_at=read_at, shards=shards,
+        read_at=read_at, shard_map=shard_map, shards=shards,
         workload_queues=[readings[q] for q in WORKLOAD_QUEUES],
         dead_letters=int(dead_letters), duplicates_dropped=int(duplicates or 0),
-        order_violations={s: counted.get(s, 0) for s in range(shard_count)},
+        order_violations={s.shard: counted.get(s.shard, 0) for s in shards},
         breakers={b.name: b.status() for b in breakers},
     )
 

@@ -22,6 +22,7 @@ from metrics.readings import deployment_breakers, published_at
 from metrics.recorder import TaskRecorder
 from routing import ChatMessage, keys, producer_app, queue_for, send
 from routing.queues import SEND_AI_RESPONSE, shard_of_queue
+from routing.shardmap import read_shard_map, switch_epoch
 from services.breaker import AI_BREAKER, CircuitBreaker
 from services.deadletter import DeadLetter, DeadLetterStore
 from services.lease import ShardLease
@@ -120,7 +121,7 @@ def test_status_prints_the_known_state(redis_url, rclient):
     assert re.search(r"breaker ai: open, 1 consecutive failures, open for 5\d\d\.\ds more",
                      done.stdout), done.stdout
 
-    collector = ShardlineCollector(rclient, shard_count=4,
+    collector = ShardlineCollector(rclient, default_shard_count=4,
                                    breakers=deployment_breakers(rclient, celeryconfig.settings))
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in collector.collect() for s in family.samples}
@@ -153,3 +154,35 @@ def test_status_watch_redraws_until_interrupted(redis_url, rclient, tmp_path: Pa
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
     assert code == 0, out.read_text()[-2000:]
+
+
+def test_status_follows_the_shard_map_and_shows_a_draining_shard(redis_url, rclient):
+    """Breaks if status or the collector read the shard count from SHARD_COUNT instead of the
+    shard map in Redis, if a shard a rescale removed disappears while messages still wait on
+    it, or if an empty removed shard is still listed."""
+    app = producer_app("status-test")
+    app.conf.broker_url = redis_url
+    try:
+        users = [f"d{n}" for n in range(500) if shard_of_queue(queue_for(f"d{n}", 4)) == 3][:2]
+        for user in users:
+            send(app, ChatMessage(user, "left behind"))
+    finally:
+        app.close()
+    switch_epoch(rclient, expected=read_shard_map(rclient, 4), new_count=2, markers=[])
+    done = subprocess.run([sys.executable, "-m", "cli.main", "status"], env=cli_env(redis_url),
+                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = rows(done.stdout)
+    assert "2 shards, epoch 1" in done.stdout
+    assert set(table) & {"shard.0", "shard.1", "shard.2", "shard.3 (draining)"} == {
+        "shard.0", "shard.1", "shard.3 (draining)"}
+    assert table["shard.3 (draining)"][0] == "2"
+
+    collector = ShardlineCollector(rclient, default_shard_count=4)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in collector.collect() for s in family.samples}
+    assert samples[("shardline_shards", ())] == 2
+    assert samples[("shardline_shard_map_epoch", ())] == 1
+    depths = {dict(labels)["queue"]: v for (name, labels), v in samples.items()
+              if name == "shardline_queue_depth" and dict(labels)["queue"].startswith("shard.")}
+    assert depths == {"shard.0": 0, "shard.1": 0, "shard.3": 2}
