@@ -35,10 +35,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads as kombu_loads
 
+from metrics.schema import UNKNOWN
 from routing import keys
 from routing.queues import shard_of_queue
 from services.deadletter import DeadLetter
 from services.registry import services
+from tasks.instrumentation import task_metrics
 from tasks.shard_lease import ensure_lease_fresh
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ def _dead_letter(queue: str, item: Any, reason: str) -> None:
         services().get("dead_letters").park(DeadLetter(reason=reason, queue=queue, raw=raw))
     except Exception:  # the worker must survive even if the record cannot be written
         log.exception("could not dead-letter a bad item from %s", queue)
+    if recorder := task_metrics():
+        recorder.dead_lettered(UNKNOWN, queue)
     log.error("dead-lettered a raw item from %s that kombu cannot read: %s", queue, reason)
 
 

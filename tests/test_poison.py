@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cli.chatload import check_order
 from deploy.launcher import wait_for_workers
+from metrics.schema import Outcome, labels_of
 from routing import ChatMessage, keys, queue_for, send
 from routing.queues import SEND_AI_RESPONSE, shard_of_queue
 from tests.harness import wait_until
@@ -86,7 +87,7 @@ def test_live_worker_survives_random_poison(producer, workers, rclient):
     """Breaks if any bad list item can stop the shard worker (kombu raises on non-JSON items in
     _brpop_read: without tasks.transport's gate the worker exits), if a bad message is run
     or silently dropped instead of dead-lettered, or if a bad message blocks or reorders the
-    valid ones behind it."""
+    valid ones behind it, or if a gate stops counting what it dead-letters (metrics)."""
     send(producer, ChatMessage(USERS[0], "template"))
     template = json.loads(rclient.rpop(QUEUE))
     assert template["properties"]["body_encoding"] == "base64"
@@ -129,3 +130,8 @@ def test_live_worker_survives_random_poison(producer, workers, rclient):
     assert report.ok, report.bad_users
     wait_until(lambda: rclient.zcard(keys.DEAD_LETTER_INDEX) == pushed["bad"], 30,
                what=f"{pushed['bad']} dead letters (have {rclient.zcard(keys.DEAD_LETTER_INDEX)})")
+    # Every bad item is counted once as dead-lettered in the task metrics, whichever gate
+    # (the transport's raw-item check or the consumer's preflight) caught it.
+    counted = sum(int(n) for raw, n in rclient.hgetall(keys.TASK_OUTCOMES).items()
+                  if labels_of(raw)[2] == Outcome.DEAD_LETTERED)
+    assert counted == pushed["bad"]
