@@ -1,2 +1,3 @@
-"""``make bench``: ordered throughput of the shard workers vs the naive prefork worker, and
-the publish rate of :func:`routing.send` vs :func:`routing.dispatch_batch`."""
+"""``make bench``: ordered throughput of the shard workers vs the naive prefork worker, the
+scale curve of 1, 2, 4 and 8 shard workers (``bench/scale.png``), head-of-line blocking
+behind a slow user, and the publish rate of ``apply_async`` vs :func:`routing.dispatch_batch`."""

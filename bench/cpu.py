@@ -36,3 +36,12 @@ def group_cpu_s(groups: Iterable[int]) -> float:
 def process_cpu_s(pid: int) -> float:
     fields = _stat_fields(str(pid))
     return (int(fields[11]) + int(fields[12])) * _TICK_S if fields else 0.0
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds every process of the machine has used so far (all cores), from /proc/stat:
+    user, nice, system, irq, softirq and steal time; idle and iowait are not busy."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) * _TICK_S

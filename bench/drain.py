@@ -39,6 +39,8 @@ ROUND_KEYS = (keys.outbox("*"), keys.OUTBOX_FEED, keys.history("*"), keys.done("
               keys.dedup("*", "*"))
 
 Check = Callable[[], None]
+#: Cumulative CPU seconds: (the deployment's workers + its redis-server, the whole machine).
+CpuProbe = Callable[[], tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class DrainResult:
     #: CPU seconds the workers (every process of theirs) and redis-server used in the drain.
     worker_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
+    #: CPU seconds within the timed drain only: the deployment's, and every process's.
+    drain_cpu_s: float = 0.0
+    machine_cpu_s: float = 0.0
 
     @property
     def cpu_ms_per_task(self) -> float:
@@ -60,6 +65,16 @@ class DrainResult:
     @property
     def rate(self) -> float:
         return self.tasks / self.seconds
+
+    @property
+    def cores_busy(self) -> float:
+        """Cores the deployment (workers + Redis) kept busy on average during the drain."""
+        return self.drain_cpu_s / self.wall_seconds
+
+    @property
+    def machine_cores_busy(self) -> float:
+        """Cores busy on the whole machine during the drain (this bench and anything else)."""
+        return self.machine_cpu_s / self.wall_seconds
 
 
 def _redis_ms(client: redis.Redis) -> int:
@@ -126,8 +141,10 @@ def _pause(app: Celery, owners: dict[str, str]) -> None:
 
 
 def drain_once(app: Celery, client: redis.Redis, owners: dict[str, str],
-               messages: Sequence[ChatMessage], alive: Check) -> DrainResult:
-    """One timed drain of ``messages`` by the workers in ``owners`` (see module doc)."""
+               messages: Sequence[ChatMessage], alive: Check,
+               cpu: CpuProbe | None = None) -> DrainResult:
+    """One timed drain of ``messages`` by the workers in ``owners`` (see module doc); ``cpu``
+    is read right before consumption resumes and right after the last reply."""
     _pause(app, owners)
     for chunk in chunks(messages, PUBLISH_CHUNK):
         dispatch_batch(app, chunk)
@@ -136,16 +153,20 @@ def drain_once(app: Celery, client: redis.Redis, owners: dict[str, str],
         raise RuntimeError(f"backlog not intact before the drain: {waiting} of "
                            f"{len(messages)} queued")
 
+    cpu_before = cpu() if cpu else (0.0, 0.0)
     start_ms = _redis_ms(client)
     wall_start = time.monotonic()
     for queue, worker in owners.items():
         app.control.add_consumer(queue, destination=[worker], reply=False)
     _wait_feed(client, len(messages), alive)
     wall = time.monotonic() - wall_start
+    cpu_after = cpu() if cpu else (0.0, 0.0)
     end_ms = _last_entry_ms(client)
 
     report = check_order(client, expected_counts(messages))
     _clean(client)
     return DrainResult(tasks=len(messages), seconds=max(end_ms - start_ms, 1) / 1000.0,
                        wall_seconds=wall, order_violations=report.violations,
-                       missing=report.missing, duplicated=report.duplicated)
+                       missing=report.missing, duplicated=report.duplicated,
+                       drain_cpu_s=cpu_after[0] - cpu_before[0],
+                       machine_cpu_s=cpu_after[1] - cpu_before[1])

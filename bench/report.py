@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,15 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.drain import DrainResult
+from bench.hol import HolResult
 from bench.publish import PublishResult
 
 ORDERED_TARGET = 1.5
 PUBLISH_TARGET = 5.0
+#: Doubling the workers gains less than this factor: the scale curve counts as flat.
+FLAT_GAIN = 1.15
+#: Share of the machine's cores busy above which a flat curve is called CPU-bound.
+CPU_BOUND_SHARE = 0.8
 
 
 def _drain(rounds: Sequence[DrainResult]) -> dict[str, Any]:
@@ -29,6 +34,78 @@ def _drain(rounds: Sequence[DrainResult]) -> dict[str, Any]:
                     "worker_cpu_s": round(r.worker_cpu_s, 2),
                     "redis_cpu_s": round(r.redis_cpu_s, 2), "order_violations": r.order_violations,
                     "missing": r.missing, "duplicated": r.duplicated} for r in rounds],
+    }
+
+
+def scale(curve: Mapping[int, Sequence[DrainResult]], nproc: int) -> dict[str, Any]:
+    """The scale curve: throughput of k solo shard workers (SHARD_COUNT = k) on one backlog."""
+    points: list[dict[str, Any]] = []
+    for workers, rounds in sorted(curve.items()):
+        points.append({
+            "workers": workers,
+            "tasks_per_s": round(statistics.median(r.rate for r in rounds), 1),
+            "rounds_tasks_per_s": [round(r.rate, 1) for r in rounds],
+            "cpu_cores_busy": round(statistics.median(r.cores_busy for r in rounds), 2),
+            "machine_cores_busy": round(statistics.median(r.machine_cores_busy
+                                                          for r in rounds), 2),
+            "cpu_ms_per_task": round(statistics.median(r.cpu_ms_per_task for r in rounds), 2),
+            "order_violations": sum(r.order_violations for r in rounds),
+            "missing": sum(r.missing for r in rounds),
+            "duplicated": sum(r.duplicated for r in rounds),
+        })
+    flat_after = points[-1]["workers"]
+    for here, nxt in zip(points, points[1:], strict=False):
+        if nxt["tasks_per_s"] < FLAT_GAIN * here["tasks_per_s"]:
+            flat_after = here["workers"]
+            break
+    flat = [p for p in points if p["workers"] >= flat_after]
+    ours = max(p["cpu_cores_busy"] for p in flat)
+    machine = max(p["machine_cores_busy"] for p in flat)
+    one = points[0]
+    if machine >= CPU_BOUND_SHARE * nproc:
+        why = (f"CPU-bound: from {flat_after} workers on the machine's {nproc} cores are "
+               f"{machine:.1f} busy ({ours:.1f} of it the workers and Redis, the rest this "
+               f"bench and any other load); each solo worker is one process running one task "
+               f"at a time, so beyond ~{nproc} busy processes plus Redis more workers only "
+               f"share the same cores")
+    else:
+        why = (f"not CPU-bound ({machine:.1f} of {nproc} cores busy at {flat_after} workers): "
+               f"the limit is elsewhere (Redis round trips, the broker's polling)")
+    return {
+        "tasks_per_round": next(iter(curve.values()))[0].tasks,
+        "points": points,
+        "flattens_after_workers": flat_after,
+        "flat_rule": f"the next doubling of workers gains less than {FLAT_GAIN:.2f}x",
+        "why": why,
+        "one_worker": (f"one worker keeps {one['cpu_cores_busy']:.2f} cores busy: between and "
+                       f"within tasks it waits on Redis round trips (take, commit, ack), which "
+                       f"a second worker fills"),
+    }
+
+
+def _ms_summary(latencies_s: Sequence[float]) -> dict[str, Any]:
+    ordered = sorted(latencies_s)
+
+    def pct(p: float) -> float:
+        return round(1000 * ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)], 1)
+
+    return {"messages": len(ordered), "p50_ms": pct(50), "p99_ms": pct(99),
+            "max_ms": round(1000 * ordered[-1], 1)}
+
+
+def head_of_line(hol: HolResult, slow_ms: int, shard_count: int) -> dict[str, Any]:
+    u = hol.users
+    return {
+        "shards": shard_count,
+        "slow_user_task_ms": slow_ms,
+        "duration_s": hol.duration_s,
+        "slow_user_sends_every_s": hol.slow_every_s,
+        "fast_users_send_every_s": hol.fast_every_s,
+        "fast_user_same_shard": _ms_summary(hol.latencies_s[u.fast_same_shard]),
+        "fast_user_other_shard": _ms_summary(hol.latencies_s[u.fast_other_shard]),
+        "slow_user": _ms_summary(hol.latencies_s[u.slow]),
+        "order_ok": hol.order_ok,
+        "method": "send-to-delivery latency (delivered_at - sent_at) of live paced traffic",
     }
 
 
@@ -99,3 +176,42 @@ def print_table(data: dict[str, Any], console: Console) -> None:
     if load is not None:
         console.print(f"load average before the run: {load}, after: "
                       f"{data['machine'].get('loadavg_after')}")
+
+
+def print_scale(data: dict[str, Any], console: Console) -> None:
+    curve = data["scale"]
+    table = Table(title=f"scale: k solo shard workers (SHARD_COUNT = k) draining the same "
+                        f"{curve['tasks_per_round']} no-op tasks")
+    for column in ("workers", "median", "rounds (tasks/s)", "vs 1 worker",
+                   "CPU: ours / all", "order errors"):
+        table.add_column(column, justify="right")
+    base = curve["points"][0]["tasks_per_s"]
+    for p in curve["points"]:
+        table.add_row(str(p["workers"]), f"{p['tasks_per_s']:.0f} tasks/s",
+                      ", ".join(f"{r:.0f}" for r in p["rounds_tasks_per_s"]),
+                      f"{p['tasks_per_s'] / base:.2f}x",
+                      f"{p['cpu_cores_busy']:.2f} / {p['machine_cores_busy']:.2f}",
+                      str(p["order_violations"] + p["missing"] + p["duplicated"]))
+    console.print(table)
+    console.print(f"Flat after {curve['flattens_after_workers']} workers "
+                  f"({curve['flat_rule']}): {curve['why']}. Below that, {curve['one_worker']}.")
+
+
+def print_hol(data: dict[str, Any], console: Console) -> None:
+    hol = data["head_of_line"]
+    table = Table(title=f"head-of-line blocking: a slow user ({hol['slow_user_task_ms']} ms "
+                        f"per message, one every {hol['slow_user_sends_every_s']} s) on shard 0 "
+                        f"of {hol['shards']}")
+    for column in ("user", "messages", "p50", "p99", "max"):
+        table.add_column(column, justify="right" if column != "user" else "left")
+    for key, label in (("fast_user_same_shard", "fast user, same shard as the slow one"),
+                       ("fast_user_other_shard", "fast user, other shard"),
+                       ("slow_user", "the slow user")):
+        row = hol[key]
+        table.add_row(label, str(row["messages"]), f"{row['p50_ms']:.0f} ms",
+                      f"{row['p99_ms']:.0f} ms", f"{row['max_ms']:.0f} ms")
+    console.print(table)
+    console.print("A shard runs one task at a time in arrival order: a fast user waits for the "
+                  "slow user's task ahead of it on the same shard (up to one slow task), a fast "
+                  "user on another shard does not. Order held: "
+                  f"{'yes' if hol['order_ok'] else '[red]NO[/red]'}.")

@@ -1,8 +1,10 @@
-"""``make bench``: ordered throughput (shards vs naive prefork) and publish rates.
+"""``make bench``: ordered throughput (shards vs naive prefork), the scale curve (1, 2, 4, 8
+shard workers), head-of-line blocking, and publish rates.
 
-See bench/drain.py for how a drain is timed. Both deployments run side by side (each on its
-own private Redis) and their drains alternate round by round, so load from anything else on
-the machine falls on both alike. Exits 1 when a target is missed.
+See bench/drain.py for how a drain is timed. The deployments run side by side (each on its
+own private Redis) and their drains alternate round by round on the same backlog, so load
+from anything else on the machine falls on all alike. bench/hol.py measures head-of-line
+blocking. Writes bench/results.json and bench/scale.png; exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -11,16 +13,34 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 
 from bench.drain import DrainResult
+from bench.hol import SLOW_MS as HOL_SLOW_MS
+from bench.hol import HolResult, measure_hol, pick_users
 from bench.load import backlog, per_shard
 from bench.machine import machine_info
-from bench.report import print_table, results, write_json
-from bench.scenarios import SHARDS, naive_deployment, publish_rates, shards_deployment
+from bench.plot import plot_scale
+from bench.report import (
+    head_of_line,
+    print_hol,
+    print_scale,
+    print_table,
+    results,
+    scale,
+    write_json,
+)
+from bench.scenarios import (
+    SHARDS,
+    hol_deployment,
+    naive_deployment,
+    publish_rates,
+    shards_deployment,
+)
 
 USERS = 300
 PER_USER = 10  # 3000 ordered tasks per drain
@@ -29,38 +49,57 @@ WARMUP_USERS = 40
 PUBLISH_MESSAGES = 1000
 PUBLISH_BATCH = 500
 PUBLISH_ROUNDS = 5
+#: Shard worker counts of the scale curve (SHARDS among them: that point is also (1)).
+SCALE_WORKERS = (1, 2, 4, 8)
+HOL_SHARDS = 2
 RESULTS = Path(__file__).resolve().parent / "results.json"
+SCALE_PNG = RESULTS.parent / "scale.png"
 
 
-def _drains(work_dir: Path, console: Console) -> tuple[list[DrainResult], list[DrainResult],
-                                                       list[list[int]]]:
+def _drains(work_dir: Path, console: Console) -> tuple[dict[int, list[DrainResult]],
+                                                       list[DrainResult], list[list[int]]]:
     warmup = backlog(WARMUP_USERS, 1, prefix="warm")
-    shards: list[DrainResult] = []
+    curve: dict[int, list[DrainResult]] = {k: [] for k in SCALE_WORKERS}
     naive: list[DrainResult] = []
     spreads: list[list[int]] = []
     with ExitStack() as stack:
-        console.print("starting 4 solo shard workers and 1 prefork worker (-c 4) ...")
-        sharded = stack.enter_context(shards_deployment(work_dir, warmup))
+        console.print(f"starting {', '.join(map(str, SCALE_WORKERS))} solo shard workers "
+                      f"(one deployment each) and 1 prefork worker (-c 4) ...")
+        sharded = {k: stack.enter_context(shards_deployment(work_dir, warmup, k))
+                   for k in SCALE_WORKERS}
         plain = stack.enter_context(naive_deployment(work_dir, warmup))
         for n in range(DRAIN_ROUNDS):
             tasks = backlog(USERS, PER_USER, prefix=f"r{n}u", seed=n)
             spreads.append(per_shard(tasks, SHARDS))
-            shards.append(sharded.drain(tasks))
+            for k, deployment in sharded.items():
+                curve[k].append(deployment.drain(tasks))
             naive.append(plain.drain(tasks))
-            console.print(f"  round {n + 1}: shards {shards[-1].rate:.0f} tasks/s "
-                          f"({shards[-1].cpu_ms_per_task:.2f} CPU ms/task), naive "
-                          f"{naive[-1].rate:.0f} tasks/s ({naive[-1].cpu_ms_per_task:.2f} "
-                          f"CPU ms/task); per shard {spreads[-1]}")
-    return shards, naive, spreads
+            rates = ", ".join(f"{k}: {curve[k][-1].rate:.0f}" for k in SCALE_WORKERS)
+            console.print(f"  round {n + 1}: shard workers {rates} tasks/s; naive "
+                          f"{naive[-1].rate:.0f} tasks/s; {SHARDS} shards "
+                          f"{curve[SHARDS][-1].cpu_ms_per_task:.2f} CPU ms/task, naive "
+                          f"{naive[-1].cpu_ms_per_task:.2f}; per shard (4) {spreads[-1]}")
+    return curve, naive, spreads
+
+
+def _head_of_line(work_dir: Path, console: Console) -> HolResult:
+    console.print(f"head-of-line blocking ({HOL_SLOW_MS} ms slow user, {HOL_SHARDS} shards) ...")
+    warmup = backlog(WARMUP_USERS, 1, prefix="warm")
+    with hol_deployment(work_dir, warmup, HOL_SHARDS, HOL_SLOW_MS) as deployment:
+        return measure_hol(deployment.app, deployment.client, pick_users(HOL_SHARDS),
+                           deployment.workers.check_alive)
 
 
 def main() -> int:
     console = Console()
+    started = time.monotonic()
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
     work_dir = Path(tempfile.mkdtemp(prefix="shardline-bench-"))
     ok = False
     try:
-        shards, naive, spreads = _drains(work_dir, console)
+        curve, naive, spreads = _drains(work_dir, console)
+        shards = curve[SHARDS]
+        hol = _head_of_line(work_dir, console)
         console.print("publish rate ...")
         published = backlog(PUBLISH_MESSAGES // 10, 10, prefix="p")
         publish = publish_rates(work_dir, published, PUBLISH_BATCH, PUBLISH_ROUNDS)
@@ -77,11 +116,18 @@ def main() -> int:
               "drain_rounds": DRAIN_ROUNDS, "warmup_messages": WARMUP_USERS,
               "backlog_per_shard": spreads, "publish_messages_per_round": PUBLISH_MESSAGES,
               "publish_batch": PUBLISH_BATCH, "publish_rounds": PUBLISH_ROUNDS,
-              "ai_latency_ms": 0, "worker_loglevel": "INFO"}
+              "ai_latency_ms": 0, "worker_loglevel": "INFO",
+              "scale_workers": list(SCALE_WORKERS)}
     data = results(machine, shards, naive, publish, params)
+    data["scale"] = scale(curve, machine["nproc"])
+    data["head_of_line"] = head_of_line(hol, HOL_SLOW_MS, HOL_SHARDS)
+    data["bench_wall_s"] = round(time.monotonic() - started, 1)
     print_table(data, console)
+    print_scale(data, console)
+    print_hol(data, console)
     write_json(data, RESULTS)
-    console.print(f"wrote {RESULTS}")
+    plot_scale(data, SCALE_PNG)
+    console.print(f"wrote {RESULTS} and {SCALE_PNG} ({data['bench_wall_s']:.0f} s in all)")
     return 0 if all(data["met"].values()) else 1
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from bench.cpu import group_cpu_s, process_cpu_s
+from bench.cpu import group_cpu_s, machine_cpu_s, process_cpu_s
 from bench.drain import DrainResult, drain_once, prepare
 from bench.publish import PublishResult, measure_publish
 from bench.workers import Workers, celery_worker_argv
@@ -27,9 +27,9 @@ NAIVE_CONCURRENCY = 4
 LOGLEVEL = "INFO"
 
 
-def worker_env(home: Path) -> dict[str, str]:
+def worker_env(home: Path, shard_count: int = SHARDS) -> dict[str, str]:
     """The same no-op workload for every worker: offline responder, no simulated latency."""
-    return {"SHARDLINE_HOME": str(home), "SHARD_COUNT": str(SHARDS), "AI_LATENCY_MS": "0",
+    return {"SHARDLINE_HOME": str(home), "SHARD_COUNT": str(shard_count), "AI_LATENCY_MS": "0",
             "AI_HANDLER": "services.ai.offline:OfflineResponder", "MESSENGER": "outbox",
             "LOG_LEVEL": LOGLEVEL, "SHARD_RANGE": ""}
 
@@ -69,8 +69,12 @@ class Deployment:
     def drain(self, messages: Sequence[ChatMessage]) -> DrainResult:
         groups = self.workers.pids()  # each worker leads its own process group
         worker_cpu, redis_cpu = group_cpu_s(groups), process_cpu_s(self.redis_pid)
+
+        def cpu() -> tuple[float, float]:
+            return group_cpu_s(groups) + process_cpu_s(self.redis_pid), machine_cpu_s()
+
         result = drain_once(self.app, self.client, self.owners, messages,
-                            self.workers.check_alive)
+                            self.workers.check_alive, cpu)
         # Includes the pause and the order check around the timed drain: idle, nearly free.
         return replace(result, worker_cpu_s=group_cpu_s(groups) - worker_cpu,
                        redis_cpu_s=process_cpu_s(self.redis_pid) - redis_cpu)
@@ -78,14 +82,16 @@ class Deployment:
 
 @contextmanager
 def deployment(work_dir: Path, name: str, shard_count: int,
-               start: Callable[[Workers], None],
-               warmup: Sequence[ChatMessage]) -> Iterator[Deployment]:
+               start: Callable[[Workers], None], warmup: Sequence[ChatMessage],
+               **env: str) -> Iterator[Deployment]:
+    """Workers started by ``start`` with :func:`worker_env` (``env`` overrides it)."""
     with fresh_redis(work_dir, name) as (server, client):
         url = server.url
         app = producer(url, shard_count)
         try:
             with Workers(url, work_dir / name / "logs",
-                         **worker_env(work_dir / name / "home")) as workers:
+                         **{**worker_env(work_dir / name / "home", shard_count),
+                            **env}) as workers:
                 start(workers)
                 queues = [shard_queue(s) for s in range(shard_count)]
                 owners = prepare(app, client, queues, warmup, workers.check_alive)
@@ -95,9 +101,11 @@ def deployment(work_dir: Path, name: str, shard_count: int,
             app.close()
 
 
-def _start_shards(workers: Workers) -> None:
-    for shard in range(SHARDS):
-        workers.start(f"shard-{shard}", shard_worker_argv(shard, LOGLEVEL))
+def _shard_starter(count: int) -> Callable[[Workers], None]:
+    def start(workers: Workers) -> None:
+        for shard in range(count):
+            workers.start(f"shard-{shard}", shard_worker_argv(shard, LOGLEVEL))
+    return start
 
 
 def _start_naive(workers: Workers) -> None:
@@ -106,10 +114,11 @@ def _start_naive(workers: Workers) -> None:
         "-Q", shard_queue(0), loglevel=LOGLEVEL))
 
 
-def shards_deployment(work_dir: Path,
-                      warmup: Sequence[ChatMessage]) -> AbstractContextManager[Deployment]:
-    """4 solo shard workers, each alone on its queue, exactly as ``deploy.shards`` runs them."""
-    return deployment(work_dir, "shards", SHARDS, _start_shards, warmup)
+def shards_deployment(work_dir: Path, warmup: Sequence[ChatMessage], count: int = SHARDS,
+                      **env: str) -> AbstractContextManager[Deployment]:
+    """``count`` shards (SHARD_COUNT) with one solo worker each, alone on its queue, exactly
+    as ``deploy.shards`` runs them."""
+    return deployment(work_dir, f"shards-{count}", count, _shard_starter(count), warmup, **env)
 
 
 def naive_deployment(work_dir: Path,
@@ -128,3 +137,10 @@ def publish_rates(work_dir: Path, messages: Sequence[ChatMessage], batch_size: i
                                    messages, batch_size, rounds)
         finally:
             app.close()
+
+
+def hol_deployment(work_dir: Path, warmup: Sequence[ChatMessage], shard_count: int,
+                   slow_ms: int) -> AbstractContextManager[Deployment]:
+    """Solo shard workers whose AI handler takes ``slow_ms`` for slow users only."""
+    return deployment(work_dir, "head-of-line", shard_count, _shard_starter(shard_count),
+                      warmup, AI_HANDLER="bench.handlers:SlowUsers", AI_LATENCY_MS=str(slow_ms))

@@ -1,0 +1,55 @@
+"""``bench/scale.png``: the scale curve from the results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_scale(data: dict[str, Any], path: Path) -> None:
+    """Throughput (median, with the rounds' range) and CPU cores busy per worker count."""
+    curve = data["scale"]
+    points = curve["points"]
+    workers = [p["workers"] for p in points]
+    rate = [p["tasks_per_s"] for p in points]
+    low = [p["tasks_per_s"] - min(p["rounds_tasks_per_s"]) for p in points]
+    high = [max(p["rounds_tasks_per_s"]) - p["tasks_per_s"] for p in points]
+    nproc = data["machine"]["nproc"]
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.errorbar(workers, rate, yerr=[low, high], marker="o", capsize=4, color="tab:blue",
+                label="solo shard workers (median, range of rounds)")
+    naive = data["ordered_throughput"]["naive_prefork_c4"]["tasks_per_s"]
+    ax.axhline(naive, color="tab:gray", linestyle=":",
+               label=f"1 prefork worker -c 4 on one queue: {naive:.0f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(workers, [str(w) for w in workers])
+    ax.set_xlabel("shard workers (SHARD_COUNT)")
+    ax.set_ylabel("ordered tasks/s (no-op AI)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+
+    cores = ax.twinx()
+    cores.plot(workers, [p["cpu_cores_busy"] for p in points], marker="s", color="tab:orange",
+               linestyle="--", label="cores busy: workers + Redis")
+    cores.plot(workers, [p["machine_cores_busy"] for p in points], marker="^",
+               color="tab:green", linestyle=":", label="cores busy: whole machine")
+    cores.axhline(nproc, color="tab:red", linestyle="--", linewidth=1,
+                  label=f"all {nproc} CPU cores busy")
+    cores.set_ylabel("CPU cores busy")
+    cores.set_ylim(0, max(nproc + 0.5, max(p["machine_cores_busy"] for p in points) + 0.5))
+
+    lines, labels = ax.get_legend_handles_labels()
+    more, more_labels = cores.get_legend_handles_labels()
+    ax.legend(lines + more, labels + more_labels, loc="lower right", fontsize=8)
+    ax.set_title(f"{curve['tasks_per_round']} ordered tasks drained; flat after "
+                 f"{curve['flattens_after_workers']} workers", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
