@@ -130,11 +130,21 @@ def hosts(redis_url: str, tmp_path: Path) -> Iterator[list[Host]]:
     assert not [p for h in started for p in h.leftovers()]
 
 
-def _consumers(app: Celery) -> Counter[str]:
-    """Queue -> number of workers consuming it. ``broadcast`` keeps one reply per worker
-    even when two have the same node name (``inspect`` would merge them)."""
-    replies = app.control.broadcast("active_queues", reply=True, timeout=1.5) or []
-    return Counter(q["name"] for reply in replies for queues in reply.values() for q in queues)
+def _consumers(app: Celery, queues: list[str]) -> Counter[str]:
+    """Queue -> number of workers consuming it, asked until every queue in ``queues`` is in
+    the replies (on a busy machine a reply can miss the broadcast's timeout). ``broadcast``
+    keeps one reply per worker even when two have the same node name (``inspect`` would
+    merge them)."""
+    counts: Counter[str] = Counter()
+
+    def every_queue_answered() -> bool:
+        nonlocal counts
+        replies = app.control.broadcast("active_queues", reply=True, timeout=1.5) or []
+        counts = Counter(q["name"] for reply in replies for qs in reply.values() for q in qs)
+        return all(counts[q] for q in queues)
+
+    wait_until(every_queue_answered, 60, interval_s=0.5, what=f"a consumer of each of {queues}")
+    return counts
 
 
 def _users(per_shard: int) -> dict[int, list[str]]:
@@ -207,9 +217,9 @@ def test_two_hosts_consume_every_shard_exactly_once(hosts, producer, rclient, re
     wait_for_workers(producer, [shard_queue(s) for s in range(SHARD_COUNT)]
                      + list(WORKLOAD_QUEUES))
 
-    consumers = _consumers(producer)
-    assert {shard_queue(s): consumers[shard_queue(s)] for s in range(SHARD_COUNT)} == {
-        shard_queue(s): 1 for s in range(SHARD_COUNT)}, consumers
+    shard_queues = [shard_queue(s) for s in range(SHARD_COUNT)]
+    consumers = _consumers(producer, shard_queues + list(WORKLOAD_QUEUES))
+    assert [consumers[q] for q in shard_queues] == [1, 1, 1, 1], consumers
     assert all(consumers[q] == 1 for q in WORKLOAD_QUEUES), consumers
     a_cmds, b_cmds = " | ".join(a.cmdlines()), " | ".join(b.cmdlines())
     assert a_cmds.count(" beat ") == 1 and " beat " not in b_cmds
@@ -261,8 +271,9 @@ def test_overlapping_host_waits_as_standby_then_takes_over(hosts, producer, rcli
         assert _repliers(rclient, users[shard]) == {
             f"shard-{shard}@{NODE}:{host.shard_pid(shard)}"}, f"shard {shard}"
     assert {s: _lease_pid(rclient, s) for s in range(SHARD_COUNT)} == before
-    consumers = _consumers(producer)
-    assert [consumers[shard_queue(s)] for s in range(SHARD_COUNT)] == [1, 1, 1, 1], consumers
+    shard_queues = [shard_queue(s) for s in range(SHARD_COUNT)]
+    consumers = _consumers(producer, shard_queues)
+    assert [consumers[q] for q in shard_queues] == [1, 1, 1, 1], consumers
     assert "Task shardline" not in c.log(1) + c.log(2)
 
     # Move shard 1 to host-c: stop it on host-a; host-c's standby takes the lease.
