@@ -137,6 +137,10 @@ from cli.promises import promises  # noqa: E402
 main.add_command(jobs)
 main.add_command(promises)
 
+from cli.rescale import rescale  # noqa: E402
+
+main.add_command(rescale)
+
 from cli.status import status  # noqa: E402
 
 main.add_command(status)

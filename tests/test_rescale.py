@@ -1,0 +1,266 @@
+"""Online rescale: the shard count changes while producers send, without breaking any order.
+
+Real parts only: a private Redis, the real shard runner (``python -m deploy.shards``, the
+Procfile's ``shards`` process) or explicit shard workers, and the real ``shardline rescale``
+command. Each test's docstring says which breaking change makes it fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from cli.chatload import check_order, delivered_count
+from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
+from routing import ChatMessage, dispatch_batch, keys, send, shard_for
+from routing.envelope import EPOCH_HEADER
+from routing.publish import Outgoing, PublishScript, StaleEpoch
+from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
+from routing.shardmap import ShardMap, barrier_states, read_shard_map, switch_epoch
+from tests.harness import producer_for, wait_until
+
+
+def _rescale(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``shardline rescale`` command."""
+    return subprocess.run([sys.executable, "-m", "cli.main", "rescale", *args], env=env,
+                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+
+
+def _moved(output: str) -> float:
+    found = re.search(r"moved users: ([0-9.]+)%", output)
+    assert found, output
+    return float(found.group(1)) / 100
+
+
+def _mover(old: int, new: int) -> str:
+    """A user whose shard differs between ``old`` and ``new`` shards."""
+    return next(f"m{n}" for n in range(10_000)
+                if shard_for(f"m{n}", old) != shard_for(f"m{n}", new))
+
+
+def _envelopes(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
+    return {str(q): [json.loads(raw) for raw in client.lrange(q, 0, -1)]
+            for q in client.keys(f"{SHARD_QUEUE_PREFIX}*")}
+
+
+# ---- the epoch fence at publish -------------------------------------------------------
+
+
+def test_publish_under_a_stale_epoch_enqueues_nothing_and_is_rerouted(producer, rclient):
+    """Breaks if the publish script enqueues (or numbers, or claims) anything from a batch
+    routed under an epoch that is no longer the map's, or if routing.dispatch does not then
+    re-route the batch under the new map at once (its message would go to the user's old
+    shard, behind the rescale's barrier marker, and could run after the user's newer ones),
+    or if envelopes do not record the epoch they were routed under."""
+    user = _mover(4, 6)
+    send(producer, ChatMessage(user, "before the switch", message_id="a"))  # caches epoch 0
+    switch_epoch(rclient, expected=ShardMap(4, 0), new_count=6, markers=[])
+    assert read_shard_map(rclient, 4) == ShardMap(6, 1)
+
+    # The script itself: a batch routed under epoch 0 is refused whole.
+    client = redis.Redis.from_url(producer.conf.broker_url)
+    stale = Outgoing(user=user, queue=shard_queue(shard_for(user, 4)), task_id="t-stale",
+                     envelope='{"stale": true}', claim_key=keys.dedup(user, "stale"))
+    with pytest.raises(StaleEpoch) as refused:
+        PublishScript(client, 60)([stale], epoch=0)
+    assert (refused.value.current, refused.value.count) == (1, 6)
+    assert rclient.llen(stale.queue) == 1  # only the message sent before the switch
+    assert not rclient.exists(keys.dedup(user, "stale"))
+    assert rclient.hget(keys.USER_SEQ, user) == "1"
+    assert rclient.get(keys.STALE_EPOCH_PUBLISHES) == "1"
+
+    # dispatch: its cached map says epoch 0; the refusal makes it re-route under epoch 1.
+    result = send(producer, ChatMessage(user, "after the switch", message_id="b"))
+    assert rclient.get(keys.STALE_EPOCH_PUBLISHES) == "2", "the first try was not fenced"
+    queues = _envelopes(rclient)
+    old_queue, new_queue = shard_queue(shard_for(user, 4)), shard_queue(shard_for(user, 6))
+    assert [e["headers"][EPOCH_HEADER] for e in queues[old_queue]] == [0]
+    assert [(e["headers"]["id"], e["headers"][EPOCH_HEADER], e["headers"]["shardline_seq"])
+            for e in queues[new_queue]] == [(result.task_id, 1, 2)]
+    # Later publishes of this producer need no re-route: one refusal per switch.
+    send(producer, ChatMessage(user, "later"))
+    assert rclient.get(keys.STALE_EPOCH_PUBLISHES) == "2"
+
+
+# ---- the drain barrier ---------------------------------------------------------------
+
+
+def test_moved_users_new_messages_wait_for_the_old_shards_backlog(producer, workers, rclient):
+    """A moved user's backlog waits on the old shard (its worker not running yet) while
+    the user's new messages reach the new shard, whose worker runs. Breaks if the drain
+    barrier is removed or leaky (the new shard would answer the new messages before the
+    backlog), if users who did not move are held, if the old shard's marker does not release
+    the held messages, or if a second rescale is allowed while the first is draining."""
+    user = _mover(4, 6)
+    old, new = shard_for(user, 4), shard_for(user, 6)
+    stay = next(s for s in range(4) if s != old)
+    stayer = next(f"s{n}" for n in range(10_000)
+                  if shard_for(f"s{n}", 4) == shard_for(f"s{n}", 6) == stay)
+    for n in range(10):
+        send(producer, ChatMessage(user, f"backlog {n}", extra={"seq": n}))
+    out = _rescale(workers.env, "6", "--no-wait")
+    assert out.returncode == 0, out.stderr
+    print(out.stdout)
+    for n in range(10, 15):
+        send(producer, ChatMessage(user, f"new {n}", extra={"seq": n}))
+    send(producer, ChatMessage(stayer, "not moved", extra={"seq": 0}))
+
+    workers.start_shard(new)
+    workers.start_shard(stay)  # the stayer's shard: its user must not wait for anything
+    wait_for_workers(producer, [shard_queue(new), shard_queue(stay)])
+    wait_until(lambda: rclient.llen(keys.held(user)) == 5, 60, what="the 5 new messages held")
+    wait_until(lambda: rclient.xlen(keys.outbox(stayer)) == 1, 60, what="the stayer's reply")
+    assert rclient.xlen(keys.outbox(user)) == 0
+    assert rclient.smembers(keys.hold(user)) == {f"barrier:1:{old}"}
+    assert not rclient.exists(keys.hold(stayer))
+
+    refused = _rescale(workers.env, "3")
+    assert refused.returncode != 0 and "still draining" in refused.stderr, refused
+
+    workers.start_shard(old)
+    wait_until(lambda: rclient.xlen(keys.outbox(user)) == 15, 90, what="all 15 replies")
+    report = check_order(rclient, {user: 15, stayer: 1})
+    assert report.ok, report
+    assert rclient.hgetall(keys.ORDER_VIOLATIONS) == {}
+    assert barrier_states(rclient, 1).get(old) == "released"
+    assert not rclient.exists(keys.hold(user), keys.held(user))
+
+
+# ---- 4 -> 6 -> 3 under continuous load --------------------------------------------------
+
+PRODUCERS = 3
+USERS_PER_PRODUCER = 10
+
+
+class Producer(threading.Thread):
+    """Sends bursts to its own users (1-3 messages each) every 0.5 s until stopped."""
+
+    def __init__(self, url: str, index: int) -> None:
+        super().__init__(name=f"producer-{index}", daemon=True)
+        self.app = producer_for(url)
+        self.users = [f"p{index}u{n}" for n in range(USERS_PER_PRODUCER)]
+        self.sent = dict.fromkeys(self.users, 0)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.index = index
+
+    def run(self) -> None:
+        round_no = 0
+        try:
+            while not self.stop.is_set():
+                batch = []
+                for position, user in enumerate(self.users):
+                    for _ in range(1 + (round_no + position) % 3):
+                        n = self.sent[user]
+                        batch.append(ChatMessage(user, f"{user} #{n}", message_id=f"{user}-{n}",
+                                                 proactive=n % 5 == 4, extra={"seq": n}))
+                        self.sent[user] += 1
+                dispatch_batch(self.app, batch)
+                round_no += 1
+                self.stop.wait(0.5)
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+
+def _shard_workers(runner: subprocess.Popen[bytes]) -> dict[int, list[int]]:
+    """Shard -> pids of the runner's live worker processes for it."""
+    found: dict[int, list[int]] = defaultdict(list)
+    for child in psutil.Process(runner.pid).children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if (match := re.search(r"-Q shard\.(\d+) ", line)) and child.status() != "zombie":
+            found[int(match.group(1))].append(child.pid)
+    return dict(found)
+
+
+def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
+    """Three producers send continuously to 30 users while the deployment is rescaled from
+    4 to 6 to 3 shards by the real command, with the real shard runner following the map.
+    Breaks if any user's replies are out of order, missing or duplicated (e.g. no epoch fence,
+    no drain barrier, a held message lost or released twice), if the workers' order alarm
+    counts a violation, if a shard is ever consumed by two workers or its worker restarts,
+    if the runner does not start the new shards or restarts a removed one, or if a removed
+    shard's worker does not drain and exit."""
+    started = time.monotonic()
+    env = child_env(redis_url, SHARD_COUNT="4", SHARDLINE_HOME=str(tmp_path / "home"),
+                    SHARD_MAP_REFRESH_S="0.5", AI_LATENCY_MS="10")
+    log_path = tmp_path / "runner.log"
+    with open(log_path, "ab") as log:
+        runner = subprocess.Popen([sys.executable, "-m", "deploy.shards"], env=env,
+                                  cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    producers = [Producer(redis_url, i) for i in range(PRODUCERS)]
+    try:
+        watcher = producer_for(redis_url)
+        wait_for_workers(watcher, [shard_queue(s) for s in range(4)])
+        for p in producers:
+            p.start()
+        moved = {}
+        for count, pause in ((6, 4.0), (3, 4.0)):
+            time.sleep(pause)  # let a backlog build under load before the switch
+            out = _rescale(env, str(count))
+            assert out.returncode == 0, out.stdout + out.stderr
+            print(out.stdout)
+            moved[count] = _moved(out.stdout)
+            if count == 6:
+                wait_for_workers(watcher, [shard_queue(s) for s in range(6)])
+        time.sleep(3.0)
+        for p in producers:
+            p.stop.set()
+        for p in producers:
+            p.join(60)
+            assert p.error is None, p.error
+        expected = {u: n for p in producers for u, n in p.sent.items()}
+        total = sum(expected.values())
+        wait_until(lambda: delivered_count(rclient) >= total, 300, 0.2, what="every reply")
+        workers_now = _shard_workers(runner)
+        watcher.close()
+    finally:
+        for p in producers:
+            p.stop.set()
+        stop_groups([runner], 30)
+    runner_log = log_path.read_text(errors="replace")
+
+    report = check_order(rclient, expected)
+    assert (report.missing, report.duplicated, report.violations) == (0, 0, 0), report.bad_users
+    assert report.answered == total
+    assert rclient.hgetall(keys.ORDER_VIOLATIONS) == {}, "the workers' order alarm went off"
+    # Every reply names the worker process that ran it: one process per shard node, ever.
+    pids: dict[str, set[str]] = defaultdict(set)
+    for user in expected:
+        for _, entry in rclient.xrange(keys.outbox(user)):
+            node, _, pid = entry["worker"].rpartition(":")
+            pids[node].add(pid)
+    assert sorted(node.partition("@")[0] for node in pids) == [f"shard-{s}" for s in range(6)]
+    assert all(len(p) == 1 for p in pids.values()), pids
+    # The runner started shards 4 and 5, and let the removed 3..5 exit without a restart.
+    for shard in (4, 5):
+        assert f"starting a worker for shard {shard}" in runner_log
+    for shard in (3, 4, 5):
+        assert f"shard {shard} worker exited 0 after the shard was removed" in runner_log
+        assert not rclient.exists(keys.shard_lease(shard))
+    assert "; restarting" not in runner_log, "a shard worker died and was restarted"
+    assert sorted(workers_now) == [0, 1, 2] and all(len(p) == 1 for p in workers_now.values())
+    assert read_shard_map(rclient, 4) == ShardMap(3, 2)
+    assert set(barrier_states(rclient, 1).values()) == {"released"}
+    assert set(barrier_states(rclient, 2).values()) == {"released"}
+    assert not rclient.keys(f"{keys.PREFIX}held:*") and not rclient.keys(f"{keys.PREFIX}hold:*")
+    released = sum(int(n) for n in re.findall(r"released (\d+) waiting user", runner_log))
+    assert released > 0, "no user was ever held: the load did not exercise the barrier"
+    print(f"moved fraction 4 -> 6: {moved[6]:.2%} (expected {1 - 4 / 6:.2%}); "
+          f"6 -> 3: {moved[3]:.2%} (expected {1 - 3 / 6:.2%}); {total} messages to "
+          f"{len(expected)} users; {released} barrier release(s); stale-epoch publishes "
+          f"{rclient.get(keys.STALE_EPOCH_PUBLISHES)}; {time.monotonic() - started:.0f}s")
