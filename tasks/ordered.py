@@ -88,8 +88,9 @@ class OrderedTask(Task):
         while True:
             admission = holds.admit(user, message, barrier)
             if admission is Admission.HELD:
-                log.warning("%s %s (seq %s) held: user %s is held by %s", self.name,
-                            self.request.id, seq, user, sorted(holds.holding(user)))
+                # Held behind a parked message (hold mode) or a rescale's drain barrier.
+                log.info("%s %s (seq %s) held: user %s is held", self.name, self.request.id,
+                         seq, user)
                 return None
             if admission is Admission.RUN:
                 return self._run_in_place(args, kwargs, replay_of=None, seq=seq)
