@@ -8,8 +8,11 @@ shard in ``keys.ORDER_VIOLATIONS`` (the metrics exporter reads it) and logged as
 
 What is not a violation, and why:
 
-* **The same number again**: a redelivery after a crash (the stranded message goes back to
-  the head of its shard); its done-marker stops a second reply anyway.
+* **The same number again**: a redelivery after a crash mid-task (the stranded message goes
+  back to the head of its shard and runs again).
+* **A message already delivered** is not checked at all (``OrderedTask`` checks after the
+  done-marker): a second copy that is skipped changes nothing the user sees, wherever it
+  runs.
 * **A user's first number seen**: there is nothing to compare it with (the numbering may
   predate the check, or the record may have been cleared); it becomes the baseline.
 * **Messages without the header** are never checked: control messages and re-sends that go

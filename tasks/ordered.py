@@ -128,13 +128,13 @@ class OrderedTask(Task):
         sequence number of this message (checked as it starts), ``None`` for unnumbered ones."""
         task_id = self.request.id
         user = _user_of(args, kwargs)
+        if task_id and services().get("conversations").already_done(task_id):
+            log.info("%s %s already delivered, not delivering again", self.name, task_id)
+            return None
         if seq is not None and user is not None:
             shard = _shard_of(self.request)
             services().get("sequence").started(user, seq, "?" if shard is None else shard,
                                                task_id)
-        if task_id and services().get("conversations").already_done(task_id):
-            log.info("%s %s already delivered, not delivering again", self.name, task_id)
-            return None
         settings = celeryconfig.settings
         attempt = 0
         while True:
