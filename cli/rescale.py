@@ -40,6 +40,7 @@ from routing.shardmap import (
     read_shard_map,
     switch_epoch,
 )
+from services.barrier import shard_drained_away
 from services.redis_client import connect
 
 #: Seconds between two looks at the old shards while waiting.
@@ -78,14 +79,16 @@ def _ahead_of(client: redis.Redis, queue: str, marker: str) -> int:
     return int(client.llen(queue)) - 1 - int(index)  # type: ignore[arg-type]
 
 
-def _removed_busy(client: redis.Redis, old: int, new: int) -> list[int]:
-    """Removed shards whose queue is not empty or whose worker still holds its lease."""
-    return [s for s in range(new, old)
-            if client.llen(shard_queue(s)) or client.exists(keys.shard_lease(s))]
+def _removed_busy(client: redis.Redis, old: int, new: int, *, until_stopped: bool) -> list[int]:
+    """Removed shards not drained away yet, or (``until_stopped``) whose worker still holds
+    its lease (a worker under the shard runner exits by itself once its shard drained)."""
+    default = celeryconfig.settings.shard_count
+    return [s for s in range(new, old) if not shard_drained_away(client, s, default)
+            or (until_stopped and client.exists(keys.shard_lease(s)))]
 
 
 def _wait(console: Console, client: redis.Redis, before: ShardMap, epoch: int,
-          markers: list[tuple[str, str]], new: int) -> float:
+          markers: list[tuple[str, str]], new: int, *, supervised: bool) -> float:
     started = time.monotonic()
     ahead = [_ahead_of(client, q, m) for q, m in markers]
     with Progress(TextColumn("{task.description:<10}"), BarColumn(),
@@ -110,12 +113,20 @@ def _wait(console: Console, client: redis.Redis, before: ShardMap, epoch: int,
     console.print(f"all {before.count} old shards passed their markers in {took:.1f}s")
     if new < before.count:
         removed = _shards(new, before.count - 1)
-        console.print(f"waiting for removed shard(s) {removed} to drain and their workers "
-                      "to stop")
-        while _removed_busy(client, before.count, new):
+        # Under supervisor the config update stops them (supervisord would restart a worker
+        # that exits by itself); the shard runner lets them exit and does not restart them.
+        stop = "" if supervised else " and their workers to stop"
+        console.print(f"waiting for removed shard(s) {removed} to drain{stop}")
+        # Drained for two map refreshes in a row: by then no process still routes a send_task
+        # control message by its cached copy of the old map (tasks/shard_retire.py waits too).
+        quiet_s = 2 * celeryconfig.settings.shard_map_refresh_s
+        quiet_since: float | None = None
+        while quiet_since is None or time.monotonic() - quiet_since < quiet_s:
+            busy = _removed_busy(client, before.count, new, until_stopped=not supervised)
+            quiet_since = None if busy else (quiet_since or time.monotonic())
             time.sleep(POLL_S)
-        console.print(f"removed shard(s) {removed} drained; their workers stopped after "
-                      f"{time.monotonic() - started:.1f}s")
+        console.print(f"removed shard(s) {removed} drained{stop and '; their workers stopped'}"
+                      f" after {time.monotonic() - started:.1f}s")
     return took
 
 
@@ -163,7 +174,7 @@ def rescale(count: int, wait: bool, use_supervisor: bool, supervisor_conf: Path 
         raise click.ClickException("--supervisor with fewer shards must wait (the removed "
                                    "shards' workers drain before the config drops them)")
     conf = supervisor_conf or settings.home / "supervisord.conf"
-    console = Console()
+    console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
     client = connect(settings.redis_url)
     before = read_shard_map(client, settings.shard_count)
     assert before.epoch is not None
@@ -187,7 +198,7 @@ def rescale(count: int, wait: bool, use_supervisor: bool, supervisor_conf: Path 
     if not wait:
         return
     try:
-        _wait(console, client, before, epoch, markers, count)
+        _wait(console, client, before, epoch, markers, count, supervised=use_supervisor)
     except KeyboardInterrupt:
         console.print("stopped waiting; the rescale goes on by itself")
         raise SystemExit(130) from None
