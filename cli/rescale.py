@@ -37,6 +37,7 @@ from routing.shardmap import (
     RescaleRefused,
     ShardMap,
     barrier_states,
+    epoch_counts,
     read_shard_map,
     switch_epoch,
 )
@@ -180,6 +181,12 @@ def rescale(count: int, wait: bool, use_supervisor: bool, supervisor_conf: Path 
     assert before.epoch is not None
     if count == before.count:
         console.print(f"the shard map already has {count} shards (epoch {before.epoch})")
+        if before.epoch:
+            states = barrier_states(client, before.epoch)
+            released = sum(1 for state in states.values() if state == "released")
+            old = epoch_counts(client, settings.shard_count).get(before.epoch - 1, 0)
+            console.print(f"{released} of {old} old shards have passed the barrier marker of "
+                          f"epoch {before.epoch}")
         return
     epoch = before.epoch + 1
     markers = _markers(before.count, epoch)
