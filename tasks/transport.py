@@ -174,6 +174,12 @@ class GuardedChannel(kombu_redis.Channel):
                 _dead_letter(queue, item, problem)
                 self.client.lrem(keys.inflight(queue), 1, item)
                 raise Empty()
+            if queue not in self.connection._callbacks:
+                # The consumer was cancelled (warm shutdown) while the take was pending.
+                # kombu would reject-requeue it at the tail ("Requeuing undeliverable
+                # message"), behind the user's later messages; it goes back to the head.
+                self._put_back(queue, item)
+                raise Empty()
             payload = kombu_loads(bytes_to_str(item))
             self.taken[payload["properties"]["delivery_tag"]] = (queue, item)
             self.connection._deliver(payload, queue)
@@ -181,6 +187,16 @@ class GuardedChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+
+    def _put_back(self, queue: str, item: bytes) -> None:
+        """Return a taken message from the in-flight list to the head of ``queue``, atomically
+        (this worker still holds the lease, so nothing was consumed from ``queue`` since)."""
+        with self.conn_or_acquire() as client, client.pipeline() as pipe:
+            pipe.lrem(keys.inflight(queue), 1, item)
+            pipe.rpush(queue, item)
+            pipe.execute()
+        log.info("consumer of %s closing: put the message it just took back at the head", queue)
 
 
 class GuardedTransport(kombu_redis.Transport):

@@ -8,11 +8,13 @@ replacement starts instead of after the visibility timeout.
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import redis
 
 from cli.chatload import check_order, delivered_count
+from deploy.launcher import wait_for_workers
 from routing import ChatMessage, keys, send, shard_for
 from services.lease import ShardLease
 from services.stranded import LeaseNotHeld, restore_stranded
@@ -155,3 +157,30 @@ def test_restore_in_flight_list_oldest_first_and_once(rclient, redis_url):
     assert raw.llen(inflight) == 0
     assert not rclient.hgetall(keys.KOMBU_UNACKED)
 
+
+
+def test_take_during_warm_shutdown_goes_back_to_the_head(producer, workers, rclient):
+    """A SIGTERM (supervisor restart, ``supervisorctl update``) can land while the worker's
+    take is pending: the take then returns a message after the consumer was cancelled. Breaks
+    if that message is requeued at the tail (kombu's own path: "Requeuing undeliverable
+    message ... No consumers", seen in about one restart in three here) instead of back at the
+    head: the user's next message then runs first and check_order counts a violation."""
+    user = _user_on(0)
+    rounds = 6
+    for seq in range(2 * rounds):  # built with no worker running, taken back off the queue
+        send(producer, ChatMessage(user, f"message {seq}", extra={"seq": seq}))
+    built = [rclient.rpop("shard.0") for _ in range(2 * rounds)]
+    for n in range(rounds):
+        worker = workers.start_shard(0)
+        wait_for_workers(producer, ["shard.0"])
+        time.sleep(0.5)  # consuming: a take is pending
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.1 + 0.04 * n)  # land the push at different points of the shutdown
+        rclient.lpush("shard.0", built[2 * n], built[2 * n + 1])  # oldest at the head
+        worker.wait(60)
+        workers.procs.pop("shard-0")
+    workers.start_shard(0)
+    wait_until(lambda: delivered_count(rclient) >= 2 * rounds, 60, what="all replies")
+    report = check_order(rclient, {str(user): 2 * rounds})
+    assert (report.answered, report.missing, report.duplicated, report.violations) == (
+        2 * rounds, 0, 0, 0), _answered(rclient, user)

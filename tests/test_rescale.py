@@ -341,14 +341,5 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
     assert not [p for p in seen.values() if p.is_running() and p.status() != "zombie"]
     report = check_order(rclient, producer.sent)
     assert (report.missing, report.duplicated, report.answered) == (0, 0, total), report
-    shard_logs = "".join(log.read_text(errors="replace") for log in home.glob("shard-*.log"))
-    if report.violations and "Requeuing undeliverable message" in shard_logs:
-        # Not the rescale: `supervisorctl update` restarts every process of the changed
-        # [program:shard] group, and a shard worker's warm shutdown requeues the message its
-        # last take returned at the tail of its queue (kombu finds no consumer while the
-        # channel closes: "Requeuing undeliverable message ... No consumers"), so that
-        # user's later messages overtake it. The fix belongs in tasks/transport.py (leave the
-        # message in the in-flight list for the shard's next lease owner).
-        pytest.xfail("known: a shard worker's warm shutdown requeues its last take at the tail")
     assert report.violations == 0, report.bad_users
     assert rclient.hgetall(keys.ORDER_VIOLATIONS) == {}
