@@ -74,11 +74,13 @@ class CircuitBreaker:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn`` through the breaker: wait while open, probe when half-open."""
         while True:
-            state = self.status().state
-            if state is BreakerState.CLOSED:
-                return self._guarded(fn, args, kwargs, probe=False)
-            if state is BreakerState.HALF_OPEN and self._win_probe():
-                return self._guarded(fn, args, kwargs, probe=True)
+            status = self.status()
+            if status.state is BreakerState.CLOSED:
+                return self._guarded(fn, args, kwargs, probe=False,
+                                     failures_seen=status.failures)
+            if status.state is BreakerState.HALF_OPEN and self._win_probe():
+                return self._guarded(fn, args, kwargs, probe=True,
+                                     failures_seen=status.failures)
             time.sleep(self.poll_s)
 
     def reset(self) -> None:
@@ -91,13 +93,16 @@ class CircuitBreaker:
         return bool(self.redis.set(self._k_probe, str(time.time()), nx=True, px=ttl_ms))
 
     def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 *, probe: bool) -> T:
+                 *, probe: bool, failures_seen: int) -> T:
         try:
             result = fn(*args, **kwargs)
         except Exception:
             self._record_failure(probe)
             raise
-        if probe or self.redis.exists(self._k_failures):
+        # A success resets the count. ``failures_seen`` was read just before the call: with
+        # none, the common case costs no round trip; a failure another worker records during
+        # this call is then reset by the next success instead.
+        if probe or failures_seen:
             self.redis.delete(self._k_failures, self._k_probe)
         return result
 

@@ -38,9 +38,13 @@ from routing import keys
 
 log = logging.getLogger(__name__)
 
-# KEYS: started-seq hash, violations hash. ARGV: user, seq, shard field.
-# Returns the verdict and the highest number that had started before (or false).
+# KEYS: started-seq hash, violations hash, done-marker ('' for none). ARGV: user, seq ('' for
+# an unnumbered message), shard field.
+# Returns the verdict and the highest number that had started before (or false); 'done' when
+# the message was delivered already (then nothing is checked or recorded).
 _STARTED = """
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {'done', false} end
+if ARGV[2] == '' then return {'unnumbered', false} end
 local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 local seq = tonumber(ARGV[2])
 if last == nil then
@@ -62,6 +66,10 @@ return {'backwards', last}
 
 
 class Verdict(StrEnum):
+    #: Delivered already (its done-marker exists): not to run, nothing checked.
+    DONE = "done"
+    #: No sequence number (a control message or a re-send): not checked.
+    UNNUMBERED = "unnumbered"
     #: The user's first number seen: the baseline.
     FIRST = "first"
     #: The number right after the last one: in order.
@@ -85,12 +93,14 @@ class SequenceCheck:
         self.redis = client
         self._started = client.register_script(_STARTED)
 
-    def started(self, user: str, seq: int, shard: int | str, task_id: str | None = None
-                ) -> Verdict:
+    def started(self, user: str, seq: int | None, shard: int | str,
+                task_id: str | None = None, *, unless_done: bool = False) -> Verdict:
         """Record that ``user``'s message number ``seq`` starts now on ``shard``; a violation
-        is counted under ``shard`` and logged."""
-        reply = self._started(keys=[keys.USER_STARTED_SEQ, keys.ORDER_VIOLATIONS],
-                              args=[user, seq, shard])
+        is counted under ``shard`` and logged. With ``unless_done`` the same call first checks
+        the task's done-marker (one round trip for both) and answers ``DONE`` if it exists."""
+        done = keys.done(task_id) if unless_done and task_id else ""
+        reply = self._started(keys=[keys.USER_STARTED_SEQ, keys.ORDER_VIOLATIONS, done],
+                              args=[user, "" if seq is None else seq, shard])
         raw, last = reply
         verdict = Verdict(raw.decode() if isinstance(raw, bytes) else raw)
         if verdict.violation:

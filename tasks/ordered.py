@@ -32,6 +32,7 @@ from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
 from services.hold import REPLAY_HEADER, Admission, HeldMessage, HoldStore
 from services.registry import services
+from services.sequence import Verdict
 from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,17 @@ class OrderedTask(Task):
         sequence number of this message (checked as it starts), ``None`` for unnumbered ones."""
         task_id = self.request.id
         user = _user_of(args, kwargs)
-        if task_id and services().get("conversations").already_done(task_id):
+        if user is not None:  # the done-marker and the order alarm in one round trip
+            shard = _shard_of(self.request)
+            verdict = services().get("sequence").started(
+                user, seq, "?" if shard is None else shard, task_id, unless_done=True)
+            already_done = verdict is Verdict.DONE
+        else:
+            already_done = task_id is not None and services().get(
+                "conversations").already_done(task_id)
+        if already_done:
             log.info("%s %s already delivered, not delivering again", self.name, task_id)
             return None
-        if seq is not None and user is not None:
-            shard = _shard_of(self.request)
-            services().get("sequence").started(user, seq, "?" if shard is None else shard,
-                                               task_id)
         settings = celeryconfig.settings
         attempt = 0
         while True:
