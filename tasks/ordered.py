@@ -71,7 +71,7 @@ class OrderedTask(Task):
         user = _user_of(args, kwargs)
         if user is None:
             return self._run_in_place(args, kwargs, replay_of=None, seq=seq)
-        barrier = services().get("barriers").check_for(user, epoch, _shard_of(self.request))
+        barrier = services().get("barriers").check_for(user, epoch, shard_of_request(self.request))
         if barrier is None and self.holdable and not hold_mode:
             return self._run_in_place(args, kwargs, replay_of=None, seq=seq)  # nothing can hold it
         holds = services().get("holds")
@@ -130,7 +130,7 @@ class OrderedTask(Task):
         task_id = self.request.id
         user = _user_of(args, kwargs)
         if user is not None:  # the done-marker and the order alarm in one round trip
-            shard = _shard_of(self.request)
+            shard = shard_of_request(self.request)
             verdict = services().get("sequence").started(
                 user, seq, "?" if shard is None else shard, task_id, unless_done=True)
             already_done = verdict is Verdict.DONE
@@ -190,7 +190,8 @@ def _header_int(request: Any, name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _shard_of(request: Any) -> int | None:
+def shard_of_request(request: Any) -> int | None:
+    """The shard whose queue delivered the running message (``None``: not a shard queue)."""
     return shard_of_queue(str((request.delivery_info or {}).get("routing_key") or ""))
 
 

@@ -14,10 +14,11 @@ import logging
 from typing import Any
 
 from routing.dispatch import publish_task
-from routing.queues import EPOCH_BARRIER, RELEASE_HELD, shard_of_queue
+from routing.queues import EPOCH_BARRIER, RELEASE_HELD
 from routing.router import configured_shard_map
 from services.registry import services
 from tasks.app import app
+from tasks.ordered import shard_of_request
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 def epoch_barrier(self: Any, epoch: int, shard: int) -> int:
     """Shard ``shard`` has run everything routed to it before epoch ``epoch``: release the
     moved users waiting for it; the number released."""
-    here = shard_of_queue(str((self.request.delivery_info or {}).get("routing_key") or ""))
+    here = shard_of_request(self.request)
     if here is not None and here != shard:
         log.error("barrier marker of shard %s (epoch %s) arrived on shard %s; ignored",
                   shard, epoch, here)

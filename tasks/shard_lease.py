@@ -111,7 +111,7 @@ class ShardLeaseStep(bootsteps.StartStopStep):
         self.queue: str | None = None
 
     def start(self, parent: Any) -> None:
-        queue, shard = self._only_shard(parent)
+        queue, shard = consumed_shard(parent)
         if shard is None:
             return
         settings = celeryconfig.settings
@@ -170,12 +170,14 @@ class ShardLeaseStep(bootsteps.StartStopStep):
             except redis.RedisError as exc:  # it expires by itself
                 log.warning("could not release the lease of %s: %s", self.queue, exc)
 
-    @staticmethod
-    def _only_shard(parent: Any) -> tuple[str, int | None]:
-        names = list(parent.app.amqp.queues.consume_from or {})
-        if len(names) != 1:
-            return "", None
-        return names[0], shard_of_queue(names[0])
+
+
+def consumed_shard(parent: Any) -> tuple[str, int | None]:
+    """``(queue, shard)`` of a worker consuming exactly one shard queue, else ``("", None)``."""
+    names = list(parent.app.amqp.queues.consume_from or {})
+    if len(names) != 1:
+        return "", None
+    return names[0], shard_of_queue(names[0])
 
 
 #: The lease keeper of this process, once it holds a shard lease (shard workers only).

@@ -24,9 +24,8 @@ from celery.platforms import EX_OK
 from celery.worker import state as worker_state
 
 import celeryconfig
-from routing.queues import shard_of_queue
 from services.barrier import shard_drained_away
-from tasks.shard_lease import ShardLeaseStep, lease_client
+from tasks.shard_lease import ShardLeaseStep, consumed_shard, lease_client
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,7 @@ class RetireStep(bootsteps.StartStopStep):
         self.watch: Retirement | None = None
 
     def start(self, parent: Any) -> None:
-        names = list(parent.app.amqp.queues.consume_from or {})
-        shard = shard_of_queue(names[0]) if len(names) == 1 else None
+        _, shard = consumed_shard(parent)
         if shard is None or (self.watch is not None and self.watch.is_alive()):
             return
         settings = celeryconfig.settings
