@@ -26,6 +26,25 @@ def random_latency(settings: Any) -> RandomLatency:
     return RandomLatency(settings)
 
 
+#: Text prefix that makes the slow-on-demand handler sleep: ``"slow:<ms>"``.
+SLOW_PREFIX = "slow:"
+
+
+class SlowOnDemand(OfflineResponder):
+    """The offline responder (``AI_LATENCY_MS`` as configured) that also sleeps the given
+    milliseconds on a message whose text is ``slow:<ms>``: a test puts a known backlog on a
+    shard with one message."""
+
+    def reply(self, user_id: str, text: str, history: list[Any]) -> str:
+        if text.startswith(SLOW_PREFIX):
+            time.sleep(int(text[len(SLOW_PREFIX):]) / 1000.0)
+        return super().reply(user_id, text, history)
+
+
+def slow_on_demand(settings: Any) -> SlowOnDemand:
+    return SlowOnDemand(settings)
+
+
 class ExpensiveComponent:
     """A stand-in for a heavy client (model, connection pool): counts its own builds."""
 

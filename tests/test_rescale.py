@@ -28,6 +28,7 @@ from routing.envelope import EPOCH_HEADER
 from routing.publish import Outgoing, PublishScript, StaleEpoch
 from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
 from routing.shardmap import ShardMap, barrier_states, read_shard_map, switch_epoch
+from tests.handlers import SLOW_PREFIX
 from tests.harness import producer_for, wait_until
 
 
@@ -187,17 +188,38 @@ def _shard_workers(parent: subprocess.Popen[bytes]) -> dict[int, list[int]]:
     return dict(found)
 
 
+#: How long the slow message put on every old shard before a switch keeps it busy: longer
+#: than the runner takes to start a new shard's worker, so moved users' new messages always
+#: reach their new shard before the old shard passes its marker, and are held.
+BARRIER_BALLAST_MS = 8000
+
+
+def _put_ballast(app: Any, old_count: int, epoch: int) -> dict[str, int]:
+    """One ``slow:`` message on each of the ``old_count`` shards, to users of their own;
+    returns them as ``check_order``'s expected counts."""
+    users = {}
+    for shard in range(old_count):
+        user = next(f"ballast{epoch}-{n}" for n in range(10_000)
+                    if shard_for(f"ballast{epoch}-{n}", old_count) == shard)
+        send(app, ChatMessage(user, f"{SLOW_PREFIX}{BARRIER_BALLAST_MS}", extra={"seq": 0}))
+        users[user] = 1
+    return users
+
+
 def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
     """Three producers send continuously to 30 users while the deployment is rescaled from
     4 to 6 to 3 shards by the real command, with the real shard runner following the map.
-    Breaks if any user's replies are out of order, missing or duplicated (e.g. no epoch fence,
+    Just before each switch every old shard gets one slow message, so the barrier is
+    exercised whatever the machine's speed (without it, on an idle shard, the markers can
+    pass before any moved user's message reaches a new shard). Breaks if any user's replies are out of order, missing or duplicated (e.g. no epoch fence,
     no drain barrier, a held message lost or released twice), if the workers' order alarm
     counts a violation, if a shard is ever consumed by two workers or its worker restarts,
     if the runner does not start the new shards or restarts a removed one, or if a removed
     shard's worker does not drain and exit."""
     started = time.monotonic()
     env = child_env(redis_url, SHARD_COUNT="4", SHARDLINE_HOME=str(tmp_path / "home"),
-                    SHARD_MAP_REFRESH_S="0.5", AI_LATENCY_MS="10")
+                    SHARD_MAP_REFRESH_S="0.5", AI_LATENCY_MS="10",
+                    AI_HANDLER="tests.handlers:slow_on_demand")
     log_path = tmp_path / "runner.log"
     with open(log_path, "ab") as log:
         runner = subprocess.Popen([sys.executable, "-m", "deploy.shards"], env=env,
@@ -210,8 +232,10 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
         for p in producers:
             p.start()
         moved = {}
-        for count, pause in ((6, 4.0), (3, 4.0)):
-            time.sleep(pause)  # let a backlog build under load before the switch
+        ballast: dict[str, int] = {}
+        for epoch, (before, count) in enumerate(((4, 6), (6, 3)), start=1):
+            time.sleep(4.0)  # under load for a while before the switch
+            ballast.update(_put_ballast(watcher, before, epoch))
             out = _rescale(env, str(count))
             assert out.returncode == 0, out.stdout + out.stderr
             print(out.stdout)
@@ -224,7 +248,7 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
         for p in producers:
             p.join(60)
             assert p.error is None, p.error
-        expected = {u: n for p in producers for u, n in p.sent.items()}
+        expected = {u: n for p in producers for u, n in p.sent.items()} | ballast
         total = sum(expected.values())
         wait_until(lambda: delivered_count(rclient) >= total, 300, 0.2, what="every reply")
         workers_now = _shard_workers(runner)
