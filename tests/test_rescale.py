@@ -211,11 +211,12 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
     4 to 6 to 3 shards by the real command, with the real shard runner following the map.
     Just before each switch every old shard gets one slow message, so the barrier is
     exercised whatever the machine's speed (without it, on an idle shard, the markers can
-    pass before any moved user's message reaches a new shard). Breaks if any user's replies are out of order, missing or duplicated (e.g. no epoch fence,
-    no drain barrier, a held message lost or released twice), if the workers' order alarm
-    counts a violation, if a shard is ever consumed by two workers or its worker restarts,
-    if the runner does not start the new shards or restarts a removed one, or if a removed
-    shard's worker does not drain and exit."""
+    pass before any moved user's message reaches a new shard). Breaks if any user's replies
+    are out of order, missing or duplicated (e.g. no epoch fence, no drain barrier, a held
+    message lost or released twice), if the workers' order alarm counts a violation, if a
+    shard is ever consumed by two workers or its worker restarts, if the runner does not
+    start the new shards or restarts a removed one, or if a removed shard's worker does not
+    drain and exit."""
     started = time.monotonic()
     env = child_env(redis_url, SHARD_COUNT="4", SHARDLINE_HOME=str(tmp_path / "home"),
                     SHARD_MAP_REFRESH_S="0.5", AI_LATENCY_MS="10",
