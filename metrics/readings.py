@@ -31,6 +31,7 @@ from metrics.schema import COUNT, DURATION_BUCKETS, RATE_WINDOW_S, SUM, labels_o
 from routing import keys
 from routing.envelope import PUBLISHED_AT_HEADER
 from routing.queues import WORKLOAD_QUEUES, shard_queue
+from routing.replies import as_text, text_map
 from routing.shardmap import ShardMap, epoch_counts, read_shard_map
 from services.breaker import AI_BREAKER, BreakerStatus, CircuitBreaker
 from services.lease import LeaseHolder, parse_lease
@@ -143,7 +144,7 @@ def read_deployment(client: redis.Redis, *, default_shard_count: int,
         if not retired or waiting.depth or lease is not None:
             shards.append(ShardReading(shard, waiting, lease, age, retired))
     dead_letters, duplicates, violations = next(replies), next(replies), next(replies)
-    counted = {int(k): int(v) for k, v in _text_map(violations).items() if _text(k).isdigit()}
+    counted = {int(k): int(v) for k, v in text_map(violations).items() if as_text(k).isdigit()}
     return DeploymentReading(
         read_at=read_at, shard_map=shard_map, shards=shards,
         workload_queues=[readings[q] for q in WORKLOAD_QUEUES],
@@ -201,12 +202,12 @@ def read_task_stats(client: redis.Redis) -> TaskStats:
         pipe.hgetall(keys.TASK_DURATIONS)
         raw_outcomes, raw_durations = pipe.execute()
     outcomes: dict[tuple[str, str, str], int] = {}
-    for raw, value in _text_map(raw_outcomes).items():
+    for raw, value in text_map(raw_outcomes).items():
         labels = _labels(raw, 3)
         if labels is not None:
             outcomes[(labels[0], labels[1], labels[2])] = int(value)
     per_series: dict[tuple[str, str], dict[str, str]] = {}
-    for raw, value in _text_map(raw_durations).items():
+    for raw, value in text_map(raw_durations).items():
         labels = _labels(raw, 3)
         if labels is not None:
             per_series.setdefault((labels[0], labels[1]), {})[labels[2]] = value
@@ -247,11 +248,3 @@ def _labels(raw: str, size: int) -> list[str] | None:
     except ValueError:
         return None
     return labels if len(labels) == size else None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _text_map(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from routing import keys
+from routing.replies import as_text
 
 
 @dataclass(frozen=True)
@@ -35,23 +36,19 @@ class ShardMap:
     epoch: int | None
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def read_shard_map(client: redis.Redis, default_count: int) -> ShardMap:
     """The map as Redis holds it now (``default_count`` at epoch 0 while none was written)."""
     count, epoch = client.hmget(keys.SHARD_MAP, ["count", "epoch"])  # type: ignore[misc]
     if count is None or epoch is None:
         return ShardMap(default_count, 0)
-    return ShardMap(int(_text(count)), int(_text(epoch)))
+    return ShardMap(int(as_text(count)), int(as_text(epoch)))
 
 
 def epoch_counts(client: redis.Redis, default_count: int) -> dict[int, int]:
     """Epoch -> shard count for every epoch so far (epoch 0 is ``default_count`` until the
     first rescale records it)."""
     raw: Mapping[object, object] = client.hgetall(keys.SHARD_MAP_EPOCHS)  # type: ignore[assignment]
-    counts = {int(_text(e)): int(_text(c)) for e, c in raw.items()}
+    counts = {int(as_text(e)): int(as_text(c)) for e, c in raw.items()}
     counts.setdefault(0, default_count)
     return counts
 
@@ -149,7 +146,7 @@ def switch_epoch(client: redis.Redis, *, expected: ShardMap, new_count: int,
     args: list[str | int] = [expected.epoch, new_count, expected.count]
     args += [envelope for _, envelope in markers]
     reply = client.register_script(_SWITCH)(keys=script_keys, args=args)
-    verdict = _text(reply[0])
+    verdict = as_text(reply[0])
     if verdict == "moved":
         raise RescaleRefused(f"the shard map moved to epoch {reply[1]} meanwhile; run it again")
     if verdict == "draining":
@@ -163,4 +160,4 @@ def barrier_states(client: redis.Redis, epoch: int) -> dict[int, str]:
     """Old shard -> ``passed`` / ``released`` for the drain barrier of rescale ``epoch``;
     a shard missing from it has not yet reached its marker."""
     raw: Mapping[object, object] = client.hgetall(keys.barrier(epoch))  # type: ignore[assignment]
-    return {int(_text(shard)): _text(state) for shard, state in raw.items()}
+    return {int(as_text(shard)): as_text(state) for shard, state in raw.items()}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from routing import keys
+from routing.replies import as_text
 
 # Unix seconds of Redis' clock as "s.micros": when a lease was taken or renewed.
 _NOW = """
@@ -76,7 +77,7 @@ def parse_lease(fields: dict[str, str] | dict[bytes, bytes], ttl_ms: int) -> Lea
     """The :class:`LeaseHolder` of a lease hash (``HGETALL``) and its ``PTTL``; None if free."""
     if not fields:
         return None
-    text = {_text(k): _text(v) for k, v in fields.items()}
+    text = {as_text(k): as_text(v) for k, v in fields.items()}
     renewed_at = text.get("renewed_at")
     return LeaseHolder(owner=text.get("owner", ""), fence=int(text.get("fence", 0)),
                        holder=text.get("holder", ""), ttl_ms=int(ttl_ms),
@@ -162,7 +163,3 @@ class ShardLease:
         released = bool(self._release(keys=[self.key], args=[self.token]))
         self.fence = None
         return released
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

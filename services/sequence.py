@@ -35,6 +35,7 @@ from enum import StrEnum
 import redis
 
 from routing import keys
+from routing.replies import as_text
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,4 @@ class SequenceCheck:
     def violations(self) -> dict[str, int]:
         """Shard -> violations counted so far."""
         raw = self.redis.hgetall(keys.ORDER_VIOLATIONS)
-        return {_text(k): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return {as_text(k): int(v) for k, v in raw.items()}  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from routing import keys
+from routing.replies import as_text
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Stranded:
 def find_stranded(client: redis.Redis, queue: str) -> list[Stranded]:
     """Unacked messages routed to ``queue``, oldest delivery first."""
     index: Any = client.zrange(keys.KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
-    scores: dict[str, float] = {_text(tag): float(score) for tag, score in index}
+    scores: dict[str, float] = {as_text(tag): float(score) for tag, score in index}
     found: list[Stranded] = []
     for tag, raw in client.hscan_iter(keys.KOMBU_UNACKED):
         try:
@@ -74,7 +75,7 @@ def find_stranded(client: redis.Redis, queue: str) -> list[Stranded]:
             continue
         _mark_redelivered(message)
         headers = message.get("headers") or {}
-        found.append(Stranded(tag=_text(tag), delivered_at=scores.get(_text(tag), 0.0),
+        found.append(Stranded(tag=as_text(tag), delivered_at=scores.get(as_text(tag), 0.0),
                               task_id=headers.get("id"), payload=json.dumps(message)))
     found.sort(key=lambda s: s.delivered_at)
     return found
@@ -145,7 +146,3 @@ def _mark_redelivered(message: dict) -> None:  # type: ignore[type-arg]
     delivery_info = (message.get("properties") or {}).get("delivery_info")
     if isinstance(delivery_info, dict):
         delivery_info["redelivered"] = True
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
