@@ -35,7 +35,7 @@ from routing.envelope import EnvelopeBuilder
 from routing.errors import InvalidDispatch, PublishFailed
 from routing.hashing import shard_for
 from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
-from routing.queues import SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, shard_queue
+from routing.queues import ORDERED_TASKS, SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, shard_queue
 from routing.router import ShardRouter, user_id_of
 from routing.shardmap import ShardMap, ShardMapCache
 from routing.userid import canonical_user_id
@@ -194,16 +194,16 @@ def _outgoing(builder: EnvelopeBuilder, message: ChatMessage, shard_map: ShardMa
     return Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope, claim_key=claim)
 
 
-def _publish_routed(app: Celery, batch: list[ChatMessage],
-                    task_ids: list[str]) -> list[Published]:
-    """Route ``batch`` under the current map and publish it; on a stale-epoch refusal (nothing
-    was sent) read the map again and re-route, so no message is published under an old map."""
+def _publish_routed(app: Celery, route: Callable[[EnvelopeBuilder, ShardMap], list[Outgoing]],
+                    ) -> list[Published]:
+    """Route a batch under the current map (``route`` builds it) and publish it; on a
+    stale-epoch refusal (nothing was sent) read the map again and re-route, so no message is
+    published under an old map."""
     publisher = _publisher(app)
     pinned = _pinned_router(app)
     for _ in range(MAX_REROUTES):
         shard_map = pinned.shard_map() if pinned else publisher.maps.current()
-        outgoing = [_outgoing(publisher.builder, m, shard_map, task_id)
-                    for m, task_id in zip(batch, task_ids, strict=True)]
+        outgoing = route(publisher.builder, shard_map)
         try:
             return publisher.script(outgoing, shard_map.epoch)
         except StaleEpoch as stale:
@@ -212,7 +212,7 @@ def _publish_routed(app: Celery, batch: list[ChatMessage],
             else:
                 publisher.maps.adopt(ShardMap(stale.count, stale.current))
     raise PublishFailed(f"the shard map changed {MAX_REROUTES} times while publishing "
-                        f"{len(batch)} message(s)")
+                        f"{len(outgoing)} message(s)")
 
 
 def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[DispatchResult]:
@@ -230,8 +230,12 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
     for message in batch:
         validate(message, limit)
     task_ids = [uuid() for _ in batch]
+    def route(builder: EnvelopeBuilder, shard_map: ShardMap) -> list[Outgoing]:
+        return [_outgoing(builder, m, shard_map, task_id)
+                for m, task_id in zip(batch, task_ids, strict=True)]
+
     published = with_publish_retry(app, f"publish {len(batch)} message(s)",
-                                   lambda: _publish_routed(app, batch, task_ids))
+                                   lambda: _publish_routed(app, route))
     return [DispatchResult(p.task_id, duplicate=p.seq is None, seq=p.seq) for p in published]
 
 
@@ -242,11 +246,27 @@ def send(app: Celery, message: ChatMessage) -> DispatchResult:
 
 def publish_task(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], *,
                  headers: dict[str, Any] | None = None, task_id: str | None = None) -> str:
-    """Publish one task by name through the router (replays, control tasks, notices that
-    carry a fixed ``task_id`` so the worker's done-marker drops a resend); its task id."""
-    validate_user = kwargs.get("user_id", args[0] if args else None)
-    canonical_user_id(validate_user)
+    """Publish one task by name (replays, control tasks, notices that carry a fixed
+    ``task_id`` so the worker's done-marker drops a resend); its task id.
+
+    An ordered task goes to its user's shard through the publish script, epoch-fenced like
+    :func:`dispatch_batch` but not numbered and not claimed (its task id is its identity).
+    Any other task (a replayed workload task) goes through ``send_task`` and the router.
+    """
     task_id = task_id or uuid()
-    with_publish_retry(app, f"publish {name}", lambda: app.send_task(
-        name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {}, retry=False))
+    if name not in ORDERED_TASKS:
+        with_publish_retry(app, f"publish {name}", lambda: app.send_task(
+            name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {},
+            retry=False))
+        return task_id
+    user_id = user_id_of(args, kwargs)
+    user = canonical_user_id(user_id)
+
+    def route(builder: EnvelopeBuilder, shard_map: ShardMap) -> list[Outgoing]:
+        queue = shard_queue(shard_for(user_id, shard_map.count))
+        _, envelope = builder.build(name, tuple(args), kwargs, queue=queue, task_id=task_id,
+                                    epoch=shard_map.epoch, numbered=False, headers=headers)
+        return [Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope)]
+
+    with_publish_retry(app, f"publish {name}", lambda: _publish_routed(app, route))
     return task_id

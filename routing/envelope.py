@@ -51,15 +51,17 @@ class EnvelopeBuilder:
 
     def build(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *,
               queue: str, task_id: str | None = None, epoch: int | None = None,
-              numbered: bool = True) -> tuple[str, str]:
+              numbered: bool = True, headers: dict[str, Any] | None = None) -> tuple[str, str]:
         """``(task id, envelope JSON)`` of one task for ``queue``, routed under ``epoch``.
 
         ``numbered``: the JSON holds the seq mark for the publish script; control messages
-        (the rescale's barrier markers) are not numbered and carry no ``shardline_seq``.
+        (barrier markers, ``release_held``, notices, replays) are not numbered and carry no
+        ``shardline_seq``. ``headers``: extra message headers, as ``send_task(headers=...)``.
         """
         task_id = task_id or uuid()
         body = dumps((args, kwargs, _EMBED)).encode("utf-8")
-        headers = {
+        message_headers = {
+            **(headers or {}),
             "lang": "py",
             "task": name,
             "id": task_id,
@@ -82,14 +84,14 @@ class EnvelopeBuilder:
             PUBLISHED_AT_HEADER: time.time(),
         }
         if epoch is not None:
-            headers[EPOCH_HEADER] = epoch
+            message_headers[EPOCH_HEADER] = epoch
         if numbered:
-            headers[SEQ_HEADER] = _SEQ_MARK
+            message_headers[SEQ_HEADER] = _SEQ_MARK
         envelope = {
             "body": base64.b64encode(body).decode("ascii"),
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": headers,
+            "headers": message_headers,
             "properties": {
                 "correlation_id": task_id,
                 "reply_to": self.reply_to,

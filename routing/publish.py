@@ -11,7 +11,8 @@ and in input order, Redis:
    a message id; a key already held makes it a duplicate: nothing is enqueued, the original's
    task id comes back and ``keys.DUPLICATES_DROPPED`` counts it;
 2. gives it the user's next sequence number (``HINCRBY keys.USER_SEQ user 1``) and writes it
-   into the envelope in place of ``routing.envelope.SEQ_PLACEHOLDER``;
+   into the envelope in place of ``routing.envelope.SEQ_PLACEHOLDER``; an envelope without
+   the placeholder (a control message: ``release_held``, a notice, a replay) is not numbered;
 3. LPUSHes it onto its shard queue (kombu's Redis layout: consumers read the right end).
 
 One EVALSHA per batch is one round trip, and a batch is all or nothing: every check that can
@@ -32,7 +33,8 @@ from routing.envelope import SEQ_PLACEHOLDER
 #       then per message: queue, dedup key ('' if none).
 # ARGV: [1] dedup window (s), [2] seq mark, [3] expected epoch ('' = pinned map, no fence),
 #       then per message: user, task id, envelope.
-# Returns per message: the seq number (integer), or the original task id (a duplicate);
+# Returns per message: the seq number (integer; 0 if the envelope has no seq mark), or the
+# original task id (a duplicate);
 # or, for the whole batch, 'stale-epoch:<epoch now>:<count now>' with nothing enqueued.
 _PUBLISH = """
 local window = tonumber(ARGV[1])
@@ -60,9 +62,12 @@ for i = 1, n do
     redis.call('INCR', KEYS[2])
     out[i] = original
   else
-    local seq = redis.call('HINCRBY', KEYS[1], user, 1)
+    local seq = 0
     local at = string.find(envelope, mark, 1, true)
-    envelope = string.sub(envelope, 1, at - 1) .. seq .. string.sub(envelope, at + #mark)
+    if at then
+      seq = redis.call('HINCRBY', KEYS[1], user, 1)
+      envelope = string.sub(envelope, 1, at - 1) .. seq .. string.sub(envelope, at + #mark)
+    end
     redis.call('LPUSH', queue, envelope)
     out[i] = seq
   end
@@ -96,7 +101,8 @@ class StaleEpoch(Exception):
 
 @dataclass(frozen=True)
 class Published:
-    #: The user's sequence number, or ``None`` for a duplicate (nothing was enqueued).
+    #: The user's sequence number (0: a control message, not numbered), or ``None`` for a
+    #: duplicate (nothing was enqueued).
     seq: int | None
     #: The message's task id; for a duplicate, the original's.
     task_id: str

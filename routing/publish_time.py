@@ -1,7 +1,8 @@
 """Every task message carries ``published_at``: the producer's clock when it was published.
 
-Ordered messages get it from ``routing.envelope``. Everything sent through Celery's
-``send_task`` (workload tasks, control tasks, replays, beat) gets it here, from a
+Ordered messages and shardline's control messages get it from ``routing.envelope``.
+Everything sent through Celery's ``send_task`` (workload tasks and their replays, beat,
+``apply_async`` of an ordered task) gets it here, from a
 ``before_task_publish`` handler that sets it only when absent. ``routing/__init__`` imports
 this module, so every producer and every worker (both import ``routing``) has it connected.
 The age of the oldest waiting message (``metrics.readings``) is read from this header.

@@ -8,9 +8,9 @@ priority-major).
 
 The shard count is the deployment's shard map (``routing.shardmap``), cached per process for
 ``SHARD_MAP_REFRESH_S``; each ordered message sent through Celery's ``send_task`` gets the
-epoch it was routed under in its ``shardline_epoch`` header. Unlike ``routing.dispatch``, such a
-publish is not fenced: for up to ``SHARD_MAP_REFRESH_S`` after a rescale a process may still
-send a control message (notice, replay, ``release_held``) under the old map.
+epoch it was routed under in its ``shardline_epoch`` header. Unlike ``routing.dispatch``
+(messages and shardline's own control messages), such a publish is not fenced: for up to
+``SHARD_MAP_REFRESH_S`` after a rescale a process may still send it under the old map.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ What is not a violation, and why:
   runs.
 * **A user's first number seen**: there is nothing to compare it with (the numbering may
   predate the check, or the record may have been cleared); it becomes the baseline.
-* **Messages without the header** are never checked: control messages and re-sends that go
-  through Celery's ``send_task`` (promise notices, dead-letter replays, catch-up replays,
-  ``release_held``) are not numbered.
+* **Messages without the header** are never checked: control messages and re-sends
+  (``routing.dispatch.publish_task``: promise notices, dead-letter replays, catch-up
+  replays, ``release_held``) and ordered tasks sent with Celery's ``apply_async`` are not
+  numbered.
 
 Held messages (``services.hold``) are checked when they actually run, with the number they
 were published with: the held list is kept in sequence order, so releasing a hold (a

@@ -7,6 +7,7 @@ command. Each test's docstring says which breaking change makes it fail.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -24,9 +25,10 @@ import redis
 from cli.chatload import check_order, delivered_count
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
 from routing import ChatMessage, dispatch_batch, keys, send, shard_for
-from routing.envelope import EPOCH_HEADER
+from routing.dispatch import publish_task
+from routing.envelope import EPOCH_HEADER, SEQ_HEADER
 from routing.publish import Outgoing, PublishScript, StaleEpoch
-from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
+from routing.queues import RELEASE_HELD, SHARD_QUEUE_PREFIX, shard_queue
 from routing.shardmap import ShardMap, barrier_states, read_shard_map, switch_epoch
 from tests.handlers import SLOW_PREFIX
 from tests.harness import producer_for, wait_until
@@ -92,6 +94,28 @@ def test_publish_under_a_stale_epoch_enqueues_nothing_and_is_rerouted(producer, 
     # Later publishes of this producer need no re-route: one refusal per switch.
     send(producer, ChatMessage(user, "later"))
     assert rclient.get(keys.STALE_EPOCH_PUBLISHES) == "2"
+
+
+def test_control_messages_are_fenced_too_and_not_numbered(producer, rclient):
+    """``publish_task`` (``release_held``, promise notices, dead-letter and catch-up replays)
+    after a rescale, from a process whose cached map is the old one. Breaks if it publishes an
+    ordered task under the old map (it would land on the user's old shard, behind the barrier
+    marker, and could run after the user's newer messages on the new shard), if it numbers a
+    control message (a replay's number would be a step back for the order alarm), or if it
+    drops the extra headers a replay carries."""
+    user = _mover(4, 6)
+    send(producer, ChatMessage(user, "before the switch", message_id="a"))  # caches epoch 0
+    switch_epoch(rclient, expected=ShardMap(4, 0), new_count=6, markers=[])
+
+    task_id = publish_task(producer, RELEASE_HELD, [user], {}, headers={"x-replay": "kept"})
+    assert rclient.get(keys.STALE_EPOCH_PUBLISHES) == "1", "the first try was not fenced"
+    queues = _envelopes(rclient)
+    [envelope] = queues[shard_queue(shard_for(user, 6))]
+    headers = envelope["headers"]
+    assert (headers["id"], headers["task"], headers[EPOCH_HEADER]) == (task_id, RELEASE_HELD, 1)
+    assert SEQ_HEADER not in headers and headers["x-replay"] == "kept"
+    assert rclient.hget(keys.USER_SEQ, user) == "1"
+    assert json.loads(base64.b64decode(envelope["body"]))[0] == [user]
 
 
 # ---- the drain barrier ---------------------------------------------------------------
