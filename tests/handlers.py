@@ -26,23 +26,33 @@ def random_latency(settings: Any) -> RandomLatency:
     return RandomLatency(settings)
 
 
-#: Text prefix that makes the slow-on-demand handler sleep: ``"slow:<ms>"``.
-SLOW_PREFIX = "slow:"
+#: Text prefix that makes the gated handler wait: ``"gate:<redis key>"``.
+GATE_PREFIX = "gate:"
+#: How long a gated message waits at most for its key (a hang guard, not a timing).
+GATE_GUARD_S = 300.0
 
 
-class SlowOnDemand(OfflineResponder):
-    """The offline responder (``AI_LATENCY_MS`` as configured) that also sleeps the given
-    milliseconds on a message whose text is ``slow:<ms>``: a test puts a known backlog on a
-    shard with one message."""
+class Gated(OfflineResponder):
+    """The offline responder (``AI_LATENCY_MS`` as configured) that, on a message whose text
+    is ``gate:<key>``, waits until the Redis key exists: a test holds a shard busy for
+    exactly as long as it needs, then opens the gate by setting the key."""
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        import redis
+
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
     def reply(self, user_id: str, text: str, history: list[Any]) -> str:
-        if text.startswith(SLOW_PREFIX):
-            time.sleep(int(text[len(SLOW_PREFIX):]) / 1000.0)
+        if text.startswith(GATE_PREFIX):
+            key, deadline = text[len(GATE_PREFIX):], time.monotonic() + GATE_GUARD_S
+            while not self.redis.exists(key) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return super().reply(user_id, text, history)
 
 
-def slow_on_demand(settings: Any) -> SlowOnDemand:
-    return SlowOnDemand(settings)
+def gated(settings: Any) -> Gated:
+    return Gated(settings)
 
 
 class ExpensiveComponent:

@@ -30,7 +30,7 @@ from routing.envelope import EPOCH_HEADER, SEQ_HEADER
 from routing.publish import Outgoing, PublishScript, StaleEpoch
 from routing.queues import RELEASE_HELD, SHARD_QUEUE_PREFIX, shard_queue
 from routing.shardmap import ShardMap, barrier_states, read_shard_map, switch_epoch
-from tests.handlers import SLOW_PREFIX
+from tests.handlers import GATE_PREFIX
 from tests.harness import producer_for, wait_until
 
 
@@ -212,30 +212,44 @@ def _shard_workers(parent: subprocess.Popen[bytes]) -> dict[int, list[int]]:
     return dict(found)
 
 
-#: How long the slow message put on every old shard before a switch keeps it busy: longer
-#: than the runner takes to start a new shard's worker, so moved users' new messages always
-#: reach their new shard before the old shard passes its marker, and are held.
-BARRIER_BALLAST_MS = 8000
-
-
-def _put_ballast(app: Any, old_count: int, epoch: int) -> dict[str, int]:
-    """One ``slow:`` message on each of the ``old_count`` shards, to users of their own;
-    returns them as ``check_order``'s expected counts."""
+def _gate_shards(app: Any, shards: range, count: int, gate: str) -> dict[str, int]:
+    """One ``gate:`` message on each of ``shards`` (of ``count``), to users of their own: each
+    shard stays busy until the test sets the key ``gate``. Returns the users as
+    ``check_order``'s expected counts."""
     users = {}
-    for shard in range(old_count):
-        user = next(f"ballast{epoch}-{n}" for n in range(10_000)
-                    if shard_for(f"ballast{epoch}-{n}", old_count) == shard)
-        send(app, ChatMessage(user, f"{SLOW_PREFIX}{BARRIER_BALLAST_MS}", extra={"seq": 0}))
+    for shard in shards:
+        user = next(f"{gate}-{n}" for n in range(10_000)
+                    if shard_for(f"{gate}-{n}", count) == shard)
+        send(app, ChatMessage(user, f"{GATE_PREFIX}{gate}", extra={"seq": 0}))
         users[user] = 1
     return users
+
+
+def _held_users(client: redis.Redis) -> list[str]:
+    return [str(k) for k in client.keys(f"{keys.PREFIX}held:*")]
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None  # it exited after it was listed
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
     """Three producers send continuously to 30 users while the deployment is rescaled from
     4 to 6 to 3 shards by the real command, with the real shard runner following the map.
-    Just before each switch every old shard gets one slow message, so the barrier is
-    exercised whatever the machine's speed (without it, on an idle shard, the markers can
-    pass before any moved user's message reaches a new shard). Breaks if any user's replies
+    Just before each switch the old shards that moved users leave (0-3 for 4 -> 6, 3-5 for
+    6 -> 3) get a message that keeps them busy until a moved user is held, so each switch
+    exercises the barrier whatever the machine's speed (on an idle shard the markers can pass
+    before any moved user's message reaches its new shard). Breaks if any user's replies
     are out of order, missing or duplicated (e.g. no epoch fence, no drain barrier, a held
     message lost or released twice), if the workers' order alarm counts a violation, if a
     shard is ever consumed by two workers or its worker restarts, if the runner does not
@@ -244,7 +258,7 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
     started = time.monotonic()
     env = child_env(redis_url, SHARD_COUNT="4", SHARDLINE_HOME=str(tmp_path / "home"),
                     SHARD_MAP_REFRESH_S="0.5", AI_LATENCY_MS="10",
-                    AI_HANDLER="tests.handlers:slow_on_demand")
+                    AI_HANDLER="tests.handlers:gated")
     log_path = tmp_path / "runner.log"
     with open(log_path, "ab") as log:
         runner = subprocess.Popen([sys.executable, "-m", "deploy.shards"], env=env,
@@ -258,13 +272,23 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
             p.start()
         moved = {}
         ballast: dict[str, int] = {}
-        for epoch, (before, count) in enumerate(((4, 6), (6, 3)), start=1):
+        for epoch, (before, count, left) in enumerate(((4, 6, range(4)), (6, 3, range(3, 6))),
+                                                      start=1):
             time.sleep(4.0)  # under load for a while before the switch
-            ballast.update(_put_ballast(watcher, before, epoch))
-            out = _rescale(env, str(count))
-            assert out.returncode == 0, out.stdout + out.stderr
-            print(out.stdout)
-            moved[count] = _moved(out.stdout)
+            gate = f"test:gate:{epoch}"
+            ballast.update(_gate_shards(watcher, left, before, gate))
+            rescale = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "rescale", str(count)], env=env,
+                cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                wait_until(lambda: _held_users(rclient), 120, 0.1,
+                           what=f"a moved user held by the barrier of epoch {epoch}")
+            finally:
+                rclient.set(gate, "open")
+                stdout, stderr = rescale.communicate(timeout=600)
+            assert rescale.returncode == 0, stdout + stderr
+            print(stdout)
+            moved[count] = _moved(stdout)
             if count == 6:
                 wait_for_workers(watcher, [shard_queue(s) for s in range(6)])
         time.sleep(3.0)
@@ -276,6 +300,11 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
         expected = {u: n for p in producers for u, n in p.sent.items()} | ballast
         total = sum(expected.values())
         wait_until(lambda: delivered_count(rclient) >= total, 300, 0.2, what="every reply")
+        # The rescale command returns once the removed shards' leases are released; their
+        # processes exit, and the runner notices, a moment later.
+        wait_until(lambda: all(f"shard {s} worker exited 0 after the shard was removed"
+                               in log_path.read_text(errors="replace") for s in (3, 4, 5)),
+                   120, 0.2, what="the runner seeing the removed shards' workers exit 0")
         workers_now = _shard_workers(runner)
         watcher.close()
     finally:
@@ -355,8 +384,8 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
             assert f"wrote {conf} for shards 0-{count - 1}" in done.stdout
             wait_until(lambda n=count: sorted(_shard_workers(supervisord)) == list(range(n)),
                        120, 0.2, what=f"supervisord running shards 0-{count - 1}")
-            seen.update((pid, psutil.Process(pid)) for pids in
-                        _shard_workers(supervisord).values() for pid in pids)
+            for pids in _shard_workers(supervisord).values():
+                seen.update((pid, process) for pid in pids if (process := _process(pid)))
             first_line = conf.read_text().splitlines()[0]
             assert f"--range 0-{count - 1} --no-workloads --no-beat" in first_line
             assert "[program:workloads]" not in conf.read_text()
@@ -376,7 +405,7 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
         except subprocess.TimeoutExpired:
             supervisord.kill()
             supervisord.wait()
-    assert not [p for p in seen.values() if p.is_running() and p.status() != "zombie"]
+    assert not [p for p in seen.values() if _alive(p)]
     report = check_order(rclient, producer.sent)
     assert (report.missing, report.duplicated, report.answered) == (0, 0, total), report
     assert report.violations == 0, report.bad_users

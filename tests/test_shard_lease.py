@@ -106,11 +106,15 @@ def test_worker_whose_lease_is_stolen_stops_before_it_expires(producer, workers,
     assert "LEASE LOST" in workers.log("shard-0")
     print(f"\nworker exited {gone_s:.2f}s after its lease was taken (TTL 6s)")
 
+    # The intruder keeps its lease until the replacement is seen waiting (however long the
+    # replacement takes to start), then lets it expire.
+    rclient.pexpire(LEASE, 300_000)
     send(producer, ChatMessage(user, "after the theft", extra={"seq": 0}))
     replacement = workers.start_shard(0)
     wait_until(lambda: "lease held by elsewhere:1" in workers.log("shard-0"), 60,
                what="the replacement waiting as a standby")
     assert rclient.xlen(keys.outbox(str(user))) == 0
+    rclient.pexpire(LEASE, 200)
     wait_until(lambda: rclient.xlen(keys.outbox(str(user))) == 1, 60,
                what="the replacement answering after the intruder's lease expired")
     assert _workers_that_answered(rclient, user) == {str(replacement.pid)}
@@ -165,7 +169,9 @@ def test_worker_paused_past_its_lease_writes_nothing_after_resume(producer, work
     (it must exit with EXIT_LEASE_LOST). Which guard stops it (the heartbeat, the fenced
     commit, the pre-take check) is a race; the two tests above pin the last two."""
     user = _user_on(0)
-    workers.env.update(SHARD_LEASE_TTL_S="3", AI_LATENCY_MS="1500")
+    # The frozen worker's task outlasts any delay before the SIGSTOP; the standby is fast.
+    # Neither uses the minimum TTL (3 s), whose 1.8 s give-up can end a healthy worker.
+    workers.env.update(SHARD_LEASE_TTL_S="6", AI_LATENCY_MS="10000")
     frozen = workers.start_shard(0)
     wait_until(lambda: _holder_pid(rclient) == str(frozen.pid), 60, what="first owner")
     for seq in range(5):
@@ -173,6 +179,7 @@ def test_worker_paused_past_its_lease_writes_nothing_after_resume(producer, work
     wait_until(lambda: rclient.llen(keys.inflight("shard.0")) == 1, 60, what="a message taken")
     os.killpg(frozen.pid, signal.SIGSTOP)
     try:
+        workers.env.update(SHARD_LEASE_TTL_S="10", AI_LATENCY_MS="100")
         standby = workers.start("standby-0", shard_worker_argv(0, "INFO"))
         wait_until(lambda: rclient.xlen(keys.outbox(str(user))) >= 1, 60,
                    what="the standby answering the frozen worker's message")
