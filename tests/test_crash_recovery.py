@@ -8,9 +8,11 @@ replacement starts instead of after the visibility timeout.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
+import psutil
 import redis
 
 from cli.chatload import check_order, delivered_count
@@ -38,6 +40,13 @@ def _stranded_on(rclient, queue: str) -> list[str]:  # type: ignore[no-untyped-d
             for raw in rclient.lrange(keys.inflight(queue), 0, -1)]
 
 
+def _freeze(pid: int) -> None:
+    """SIGSTOP the worker's process group and wait until the kernel reports it stopped."""
+    os.killpg(pid, signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 30,
+               interval_s=0.01, what=f"worker {pid} stopped")
+
+
 def test_kill_9_mid_task_recovers_in_order(producer, workers, rclient):
     """Breaks if the replacement does not restore the stranded message before consuming (it
     would wait for the 7200 s visibility timeout: the hang guard fails, or the user's later
@@ -45,18 +54,34 @@ def test_kill_9_mid_task_recovers_in_order(producer, workers, rclient):
     (LPUSH), or if the redelivered message is answered twice."""
     user = _user_on(0)
     workers.env["AI_LATENCY_MS"] = "1000"
-    workers.start_shard(0)
+    worker = workers.start_shard(0)
+    seq_of = {}
     for seq in range(MESSAGES):
-        send(producer, ChatMessage(user, f"message {seq}", extra={"seq": seq}))
+        sent = send(producer, ChatMessage(user, f"message {seq}", extra={"seq": seq}))
+        seq_of[sent.task_id] = seq
     wait_until(lambda: _answered(rclient, user) == [0] and _stranded_on(rclient, "shard.0"),
                60, what="message 1 in flight on shard 0")
-    workers.kill("shard-0")
-    stranded = _stranded_on(rclient, "shard.0")
-    assert len(stranded) == 1
+    # Freeze the worker before looking, so the kill lands on what was seen: a message taken
+    # and not yet answered. Between an ack and the next take the list is briefly empty (and
+    # just after a reply it still holds the answered message): then let it run and look again.
+    while True:
+        _freeze(worker.pid)
+        stranded = _stranded_on(rclient, "shard.0")
+        answered = _answered(rclient, user)
+        if len(stranded) == 1 and seq_of[stranded[0]] not in answered:
+            workers.kill("shard-0")  # SIGKILL while stopped
+            break
+        os.killpg(worker.pid, signal.SIGCONT)
+        assert len(answered) < MESSAGES, f"no message left to kill the worker in: {answered}"
+        wait_until(lambda: _stranded_on(rclient, "shard.0"), 60, interval_s=0.01,
+                   what="the next message in flight on shard 0")
+    assert len(_stranded_on(rclient, "shard.0")) == 1
+    stranded_seq = seq_of[stranded[0]]
 
     started = time.monotonic()
     workers.start_shard(0)
-    wait_until(lambda: 1 in _answered(rclient, user), 60, what="the stranded message answered")
+    wait_until(lambda: stranded_seq in _answered(rclient, user), 60,
+               what=f"the stranded message {stranded_seq} answered")
     recovery_s = time.monotonic() - started
     print(f"\nstranded message answered {recovery_s:.2f}s after the replacement started "
           f"(includes its 1.0s AI latency)")

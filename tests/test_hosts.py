@@ -103,8 +103,15 @@ class Host:
                 self.proc.wait()
 
     def leftovers(self) -> list[psutil.Process]:
-        return [p for p in self.seen.values()
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        return [p for p in self.seen.values() if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie; a process reaped between the two questions is gone."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
@@ -126,7 +133,10 @@ def hosts(redis_url: str, tmp_path: Path) -> Iterator[list[Host]]:
         host.shutdown()
     for host in started:
         for proc in host.leftovers():  # the assertion below fails the test; don't leak them
-            proc.kill()
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
     assert not [p for h in started for p in h.leftovers()]
 
 

@@ -24,8 +24,24 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie; a process reaped between the two questions is gone."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(proc: psutil.Process) -> str:
+    """Its command line; "" for a process that exited since it was listed."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
 def _all_gone(procs: list[psutil.Process]) -> bool:
-    return not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return not [p for p in procs if _alive(p)]
 
 
 def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, tmp_path,
@@ -40,7 +56,7 @@ def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, t
         send(producer, ChatMessage(5, "hello"))
         wait_until(lambda: rclient.xlen(keys.OUTBOX_FEED) >= 1, 60, what="a reply")
         children = _descendants(proc.pid)
-        names = " ".join(" ".join(c.cmdline()) for c in children)
+        names = " ".join(_cmdline(c) for c in children)
         assert names.count("-P solo") == 4 and "beat" in names and "-m api" in names, names
         assert "-m metrics" in names, names
     wait_until(lambda: _all_gone(children), 30, what="every process to exit")
@@ -63,8 +79,18 @@ def test_supervisord_runs_a_shard_range(producer, rclient, tmp_path: Path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_workers(producer, ["shard.2", "shard.3"])
-        replies = producer.control.inspect(timeout=1.0).active_queues() or {}
-        assert sorted(replies) == sorted(f"shard-{n}@{os.uname().nodename}" for n in (2, 3))
+        expected = sorted(f"shard-{n}@{os.uname().nodename}" for n in (2, 3))
+        replies: dict[str, object] = {}
+
+        def exactly_the_range_answered() -> bool:
+            # A reply later than the 1 s timeout looks like a missing worker: ask again.
+            nonlocal replies
+            replies = producer.control.inspect(timeout=1.0).active_queues() or {}
+            return sorted(replies) == expected
+
+        wait_until(exactly_the_range_answered, 60, interval_s=0.5,
+                   what=f"exactly {expected} answering active_queues")
+        assert sorted(replies) == expected
         children = _descendants(proc.pid)
         assert len(children) >= 2
     finally:
