@@ -29,8 +29,10 @@ def test_breaker_opens_then_lets_exactly_one_probe_through(redis_url):
     """Breaks if the breaker does not open after K consecutive failures, if callers call
     while it is open, or if more than one caller probes when it is half-open (the SET NX
     token is not used). Two breaker objects stand for two workers sharing the state."""
-    a = CircuitBreaker(connect(redis_url), "t", failures=3, open_s=1.0, poll_s=0.02)
-    b = CircuitBreaker(connect(redis_url), "t", failures=3, open_s=1.0, poll_s=0.02)
+    # open_s is both the open period and the probe token's TTL: 5 s leaves the asserts below
+    # ample time to see OPEN, then the one probe, before either expires on a loaded machine.
+    a = CircuitBreaker(connect(redis_url), "t", failures=3, open_s=5.0, poll_s=0.02)
+    b = CircuitBreaker(connect(redis_url), "t", failures=3, open_s=5.0, poll_s=0.02)
     for breaker in (a, b, a):
         with pytest.raises(Boom):
             breaker.call(_fail)
@@ -63,7 +65,9 @@ def test_open_breaker_makes_the_worker_wait_without_burning_attempts(producer, w
     the message) while the breaker is open, instead of waiting with the message at the
     head; or if the breaker is not wired around the registry's AI handler."""
     workers.env.update(AI_HANDLER="tests.handlers:flaky", ORDERED_MAX_ATTEMPTS="4",
-                       ORDERED_RETRY_BASE_S="0.01", BREAKER_FAILURES="2", BREAKER_OPEN_S="2")
+                       ORDERED_RETRY_BASE_S="0.01", BREAKER_FAILURES="2", BREAKER_OPEN_S="8")
+    # 8 s open: the test deletes FAIL_ALL well before the probe, even on a loaded machine (a
+    # probe that still failed would reopen the breaker and make more calls).
     shard = shard_of_queue(queue_for(1))
     assert shard is not None
     workers.start_shard(shard)

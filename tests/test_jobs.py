@@ -53,8 +53,10 @@ def test_profiling_job_reports_progress_and_exact_stats(jobs_env, producer):
     straight computation (state lost between checkpoints), if item ids are committed twice,
     or if cleanup removes unfinished jobs or keeps expired finished ones."""
     store = jobs_env
+    # 120 rows x 50 ms: the job runs ~6 s, so a poll every 50 ms sees it mid-run even when the
+    # test process is starved for seconds on a loaded machine.
     job = create_job(store, producer, kind="profiling", owner="alice", priority=3,
-                     params={"rows": 120, "seed": 5, "item_delay_ms": 5})
+                     params={"rows": 120, "seed": 5, "item_delay_ms": 50})
     seen: list[int] = []
     wait_until(lambda: (seen.append(store.get(job.id).current)  # type: ignore[union-attr]
                         or status_of(store, job.id) == JobStatus.COMPLETED), 60,
@@ -65,9 +67,15 @@ def test_profiling_job_reports_progress_and_exact_stats(jobs_env, producer):
                                            "message": "profiling: 120/120"}
     assert any(0 < c < 120 for c in seen), "progress was never seen between 0 and total"
     assert store.processed(job.id) == [f"row-{i}" for i in range(120)]
+    # The unfinished job must really be unfinished when cleanup runs. A short job could be
+    # taken by the idle worker and finish before the pause lands (control is seen only at
+    # checkpoints), so this one is far too long to finish (~50 s), and the test waits until
+    # it is PAUSED: queued when the pause came (never runs) or stopped at its first checkpoint.
     paused = create_job(store, producer, kind="profiling", owner="alice", priority=9,
-                        params={"rows": 5})
+                        params={"rows": 1000, "item_delay_ms": 50})
     pause_job(store, paused.id, "alice")
+    wait_until(lambda: status_of(store, paused.id) == JobStatus.PAUSED, 30,
+               what="second job paused")
     assert clean_finished_jobs(store, ttl_s=0) == [job.id]
     assert not store.redis.exists(keys.job(job.id), keys.job_processed(job.id))
     assert store.get(paused.id) is not None
@@ -78,7 +86,9 @@ def test_pause_then_resume_processes_every_item_exactly_once(jobs_env, producer)
     past the checkpoint, or if an item id is committed twice or never."""
     store = jobs_env
     job = create_job(store, producer, kind="llm", owner="bob", priority=0,
-                     params={"prompts": [f"q{i}" for i in range(80)], "item_delay_ms": 20})
+                     params={"prompts": [f"q{i}" for i in range(80)], "item_delay_ms": 100})
+    # 100 ms per item: after item 15 the job has ~6.5 s left, so the pause always lands
+    # before the job ends, even on a slow machine.
     wait_until(lambda: store.get(job.id).current >= 15, 60, what="job under way")  # type: ignore[union-attr]
     pause_job(store, job.id, "bob")
     wait_until(lambda: status_of(store, job.id) == JobStatus.PAUSED, 30, what="job paused")
@@ -152,8 +162,10 @@ def test_higher_priority_job_runs_first(workers, producer, rclient):
                          "--prefetch-multiplier", "1")
     wait_for_workers(producer, list(WORKLOAD_QUEUES))
     store = JobStore(rclient, ttl_s=3600)
+    # The blocker runs ~9 s, so it still holds the only slot when both jobs are queued below
+    # (the queueing takes milliseconds; the window must survive a heavily loaded machine).
     blocker = create_job(store, producer, kind="profiling", owner="a", priority=5,
-                         params={"rows": 3, "item_delay_ms": 400})
+                         params={"rows": 3, "item_delay_ms": 3000})
     wait_until(lambda: status_of(store, blocker.id) == JobStatus.RUNNING, 30, what="busy")
     low = create_job(store, producer, kind="profiling", owner="a", priority=9,
                      params={"rows": 5})

@@ -37,8 +37,11 @@ def service(database_url: str, producer: Any) -> Iterator[PromiseService]:  # no
 
 
 def start_all(workers: WorkerSet, producer: Any, database_url: str) -> None:  # noqa: F811
+    # A promise run sends no heartbeat: a maintenance pass re-dispatches (and fences off) any
+    # run older than WORK_LEASE_S. The lease must outlive the longest run here (6 s) with room
+    # for a loaded machine, or a healthy run would be superseded again and again.
     workers.env.update(DATABASE_URL=database_url, SHARD_COUNT="1", PROMISE_MAX_ATTEMPTS="2",
-                       WORK_LEASE_S="3", MAINTENANCE_INTERVAL_S="1")
+                       WORK_LEASE_S="15", MAINTENANCE_INTERVAL_S="1")
     workers.start_shard(0)
     workers.start_celery("workloads", "-Q", ",".join(WORKLOAD_QUEUES), "-c", "2",
                          "--prefetch-multiplier", "1")
@@ -66,9 +69,11 @@ def test_dag_runs_children_after_parents_in_parallel_and_notifies(service, worke
     one after another, if parent results do not reach the child, or if the user is not told
     once per promise through their shard."""
     start_all(workers, producer, database_url)
+    # a and b each run 3 s: both are taken by the two pool slots well within that, so their
+    # runs overlap even on a loaded machine.
     created = service.create([
-        PromiseSpec(USER, "sum", "a", {"value": 1, "delay_ms": 800}, id="a"),
-        PromiseSpec(USER, "sum", "b", {"value": 2, "delay_ms": 800}, id="b"),
+        PromiseSpec(USER, "sum", "a", {"value": 1, "delay_ms": 3000}, id="a"),
+        PromiseSpec(USER, "sum", "b", {"value": 2, "delay_ms": 3000}, id="b"),
         PromiseSpec(USER, "sum", "c", {"value": 10}, parents=["a", "b"], id="c"),
         PromiseSpec(USER, "echo", "d", {"text": "done"}, parents=["c"], id="d"),
     ], owner="alice")
@@ -138,7 +143,10 @@ def test_every_promise_finishes_once_after_all_workers_are_killed(service, worke
     or delivered twice."""
     start_all(workers, producer, database_url)
     ids = [f"w{i}" for i in range(6)]
-    service.create([PromiseSpec(USER, "sum", i, {"value": 1, "delay_ms": 1500}, id=i,
+    # w0 runs 6 s, so the kill below always lands while it is still running (the others
+    # keep 1.5 s: only w0's interruption is checked). WORK_LEASE_S (start_all) outlives it.
+    service.create([PromiseSpec(USER, "sum", i,
+                                {"value": 1, "delay_ms": 6000 if i == "w0" else 1500}, id=i,
                                 parents=[ids[n - 2]] if n >= 2 else [])
                     for n, i in enumerate(ids)], owner="alice")
     # Wait for the run log's "started", not the store's started_at: the claim sets started_at
