@@ -159,7 +159,9 @@ def test_moved_users_new_messages_wait_for_the_old_shards_backlog(producer, work
     assert report.ok, report
     assert rclient.hgetall(keys.ORDER_VIOLATIONS) == {}
     assert barrier_states(rclient, 1).get(old) == "released"
-    assert not rclient.exists(keys.hold(user), keys.held(user))
+    # A held message leaves the held list just after its reply is written.
+    wait_until(lambda: not rclient.exists(keys.hold(user), keys.held(user)), 60,
+               what="the user's hold and held list gone")
 
 
 # ---- 4 -> 6 -> 3 under continuous load --------------------------------------------------
