@@ -126,7 +126,14 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
                 and (value(f, "shardline_tasks_total", task=TASK, queue="shard.1",
                            outcome="succeeded") or 0) >= 3
                 and (value(f, "shardline_tasks_total", task=TASK, queue="shard.0",
-                           outcome="succeeded") or 0) >= 4)
+                           outcome="succeeded") or 0) >= 4
+                # a dead letter is written before it is counted
+                and (value(f, "shardline_tasks_total", task=TASK, queue="shard.1",
+                           outcome="dead_lettered") or 0) >= 2
+                and all((value(f, "shardline_task_duration_seconds_count", task=TASK,
+                               queue=queue) or 0) >= 4 for queue in ("shard.0", "shard.1"))
+                and (value(f, "shardline_task_duration_seconds_count", task=MAINTENANCE,
+                           queue="default") or 0) >= 4)
 
     wait_until(settled, 90, interval_s=0.2, what="every run recorded")
     breaker = CircuitBreaker(redis.Redis.from_url(workers.url), AI_BREAKER, failures=1,
