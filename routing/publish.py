@@ -28,6 +28,7 @@ import redis
 
 from routing import keys
 from routing.envelope import SEQ_PLACEHOLDER
+from routing.replies import as_text
 
 # KEYS: [1] seq hash, [2] duplicates counter, [3] shard map, [4] stale-epoch counter,
 #       then per message: queue, dedup key ('' if none).
@@ -130,8 +131,7 @@ class PublishScript:
             args += [out.user, out.task_id, out.envelope]
         replies = self._script(keys=script_keys, args=args)
         if isinstance(replies, (bytes, str)):
-            text = replies.decode() if isinstance(replies, bytes) else replies
-            _, current, count = text.split(":")
+            _, current, count = as_text(replies).split(":")
             raise StaleEpoch(-1 if epoch is None else epoch, int(current),
                              int(count) if count else None)
         results = []
@@ -139,6 +139,5 @@ class PublishScript:
             if isinstance(reply, int):
                 results.append(Published(seq=reply, task_id=out.task_id))
             else:
-                original = reply.decode() if isinstance(reply, bytes) else str(reply)
-                results.append(Published(seq=None, task_id=original))
+                results.append(Published(seq=None, task_id=as_text(reply)))
         return results

@@ -31,6 +31,7 @@ import redis
 from routing import keys
 from routing.hashing import shard_for
 from routing.queues import shard_queue
+from routing.replies import as_text
 from routing.shardmap import barrier_states, epoch_counts, read_shard_map
 from services.hold import BarrierCheck
 
@@ -89,7 +90,7 @@ class DrainBarrier:
         from this barrier's hold (they still need ``release_held``; then :meth:`released`)."""
         users = self._pass(keys=[keys.barrier(epoch), keys.barrier_waiting(epoch, shard)],
                            args=[shard, hold_reason(epoch, shard), keys.hold("")])
-        return sorted(u.decode() if isinstance(u, bytes) else str(u) for u in users)
+        return sorted(as_text(u) for u in users)
 
     def released(self, epoch: int, shard: int) -> None:
         """The waiting users of ``shard``'s ``epoch`` marker were sent ``release_held``."""

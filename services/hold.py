@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from routing import keys
+from routing.replies import as_text
 
 #: Message header naming the dead letter a replayed message came from (``shardline dlq replay``):
 #: such a message runs although its user is held, and releases the hold when it succeeds.
@@ -132,7 +133,7 @@ class HoldStore:
         args = [message.to_json(), _opt(message.seq), _opt(message.epoch),
                 barrier.old_shard if barrier else "", barrier.reason if barrier else "", user]
         result = self._admit(keys=script_keys, args=args)
-        return Admission(result.decode() if isinstance(result, bytes) else result)
+        return Admission(as_text(result))
 
     def is_held(self, user: str) -> bool:
         return bool(self.redis.scard(keys.hold(user)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from routing import keys
-from routing.replies import as_text
+from routing.replies import text_map
 
 # Unix seconds of Redis' clock as "s.micros": when a lease was taken or renewed.
 _NOW = """
@@ -77,7 +77,7 @@ def parse_lease(fields: dict[str, str] | dict[bytes, bytes], ttl_ms: int) -> Lea
     """The :class:`LeaseHolder` of a lease hash (``HGETALL``) and its ``PTTL``; None if free."""
     if not fields:
         return None
-    text = {as_text(k): as_text(v) for k, v in fields.items()}
+    text = text_map(fields)
     renewed_at = text.get("renewed_at")
     return LeaseHolder(owner=text.get("owner", ""), fence=int(text.get("fence", 0)),
                        holder=text.get("holder", ""), ttl_ms=int(ttl_ms),

@@ -104,7 +104,7 @@ class SequenceCheck:
         reply = self._started(keys=[keys.USER_STARTED_SEQ, keys.ORDER_VIOLATIONS, done],
                               args=[user, "" if seq is None else seq, shard])
         raw, last = reply
-        verdict = Verdict(raw.decode() if isinstance(raw, bytes) else raw)
+        verdict = Verdict(as_text(raw))
         if verdict.violation:
             log.error("ORDER VIOLATION on shard %s: user %s message %s (task %s) starts after "
                       "number %s (%s)", shard, user, seq, task_id, last, verdict.value)

@@ -42,6 +42,7 @@ from kombu.utils.json import loads as kombu_loads
 from metrics.schema import UNKNOWN
 from routing import keys
 from routing.queues import shard_of_queue
+from routing.replies import as_text
 from services.deadletter import DeadLetter
 from services.registry import services
 from tasks.instrumentation import task_metrics
@@ -107,7 +108,7 @@ class _GuardedRedis(redis.Redis):
             dest, item = reply
             problem = envelope_problem(item)
             if problem is not None:
-                queue = dest.decode() if isinstance(dest, bytes) else str(dest)
+                queue = as_text(dest)
                 _dead_letter(queue, item, problem)
                 return None  # kombu reads this as "nothing arrived" and polls again
         return reply
