@@ -182,15 +182,18 @@ def _publisher(app: Celery) -> _Publisher:
     return publisher
 
 
-def _outgoing(builder: EnvelopeBuilder, message: ChatMessage, shard_map: ShardMap,
-              task_id: str) -> Outgoing:
-    args, kwargs = (message.user_id, message.text), message.task_kwargs()
+def _outgoing(builder: EnvelopeBuilder, name: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any], shard_map: ShardMap, task_id: str, *,
+              message_id: str | None = None, numbered: bool = True,
+              headers: dict[str, Any] | None = None) -> Outgoing:
+    """One ordered task routed to its user's shard under ``shard_map``, ready to publish;
+    claimed under ``message_id`` if given, numbered unless it is a control message."""
     user_id = user_id_of(args, kwargs)  # as the router reads it: a user_id keyword wins
     user = canonical_user_id(user_id)
     queue = shard_queue(shard_for(user_id, shard_map.count))
-    task_id, envelope = builder.build(message.task_name, args, kwargs, queue=queue,
-                                      task_id=task_id, epoch=shard_map.epoch)
-    claim = keys.dedup(user, message.message_id) if message.message_id is not None else None
+    _, envelope = builder.build(name, args, kwargs, queue=queue, task_id=task_id,
+                                epoch=shard_map.epoch, numbered=numbered, headers=headers)
+    claim = keys.dedup(user, message_id) if message_id is not None else None
     return Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope, claim_key=claim)
 
 
@@ -230,8 +233,10 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
     for message in batch:
         validate(message, limit)
     task_ids = [uuid() for _ in batch]
+
     def route(builder: EnvelopeBuilder, shard_map: ShardMap) -> list[Outgoing]:
-        return [_outgoing(builder, m, shard_map, task_id)
+        return [_outgoing(builder, m.task_name, (m.user_id, m.text), m.task_kwargs(), shard_map,
+                          task_id, message_id=m.message_id)
                 for m, task_id in zip(batch, task_ids, strict=True)]
 
     published = with_publish_retry(app, f"publish {len(batch)} message(s)",
@@ -259,14 +264,10 @@ def publish_task(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any]
             name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {},
             retry=False))
         return task_id
-    user_id = user_id_of(args, kwargs)
-    user = canonical_user_id(user_id)
 
     def route(builder: EnvelopeBuilder, shard_map: ShardMap) -> list[Outgoing]:
-        queue = shard_queue(shard_for(user_id, shard_map.count))
-        _, envelope = builder.build(name, tuple(args), kwargs, queue=queue, task_id=task_id,
-                                    epoch=shard_map.epoch, numbered=False, headers=headers)
-        return [Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope)]
+        return [_outgoing(builder, name, tuple(args), kwargs, shard_map, task_id,
+                          numbered=False, headers=headers)]
 
     with_publish_retry(app, f"publish {name}", lambda: _publish_routed(app, route))
     return task_id
