@@ -37,19 +37,18 @@ def user_id_of(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> 
     raise InvalidUserId("ordered task called without a user_id argument")
 
 
-def configured_shard_map(refresh: bool = False) -> ShardMap:
+def configured_shard_map() -> ShardMap:
     """The deployment's shard map as this process sees it (cached, ``SHARD_MAP_REFRESH_S``).
 
     Without a Redis URL (``REDIS_URL`` or a running launcher's) it is ``SHARD_COUNT`` at
-    epoch 0. ``refresh``: read it from Redis now.
+    epoch 0.
     """
     import celeryconfig
 
     settings = celeryconfig.settings
     if not settings.redis_url:
         return ShardMap(settings.shard_count, 0)
-    cache = cache_for(settings.redis_url)
-    return cache.refresh() if refresh else cache.current()
+    return cache_for(settings.redis_url).current()
 
 
 def queue_for(user_id: object, shard_count: int | None = None) -> str:

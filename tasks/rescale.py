@@ -15,7 +15,6 @@ from typing import Any
 
 from routing.dispatch import publish_task
 from routing.queues import EPOCH_BARRIER, RELEASE_HELD
-from routing.router import configured_shard_map
 from services.registry import services
 from tasks.app import app
 from tasks.ordered import shard_of_request
@@ -34,11 +33,8 @@ def epoch_barrier(self: Any, epoch: int, shard: int) -> int:
         return 0
     barriers = services().get("barriers")
     users = barriers.pass_marker(epoch, shard)
-    if users:
-        # Route by the new map now, not by this process's cached copy of the old one.
-        configured_shard_map(refresh=True)
-        for user in users:
-            publish_task(self.app, RELEASE_HELD, [user], {})
+    for user in users:  # fenced: routed by the new map even if this process's copy is old
+        publish_task(self.app, RELEASE_HELD, [user], {})
     barriers.released(epoch, shard)
     log.info("shard %s passed the drain barrier of epoch %s; released %d waiting user(s)",
              shard, epoch, len(users))

@@ -171,7 +171,6 @@ class ShardLeaseStep(bootsteps.StartStopStep):
                 log.warning("could not release the lease of %s: %s", self.queue, exc)
 
 
-
 def consumed_shard(parent: Any) -> tuple[str, int | None]:
     """``(queue, shard)`` of a worker consuming exactly one shard queue, else ``("", None)``."""
     names = list(parent.app.amqp.queues.consume_from or {})
