@@ -31,7 +31,7 @@ from metrics.schema import COUNT, DURATION_BUCKETS, RATE_WINDOW_S, SUM, labels_o
 from routing import keys
 from routing.envelope import PUBLISHED_AT_HEADER
 from routing.queues import WORKLOAD_QUEUES, shard_queue
-from routing.replies import as_text, text_map
+from routing.replies import text_map
 from routing.shardmap import ShardMap, epoch_counts, read_shard_map
 from services.breaker import AI_BREAKER, BreakerStatus, CircuitBreaker
 from services.lease import LeaseHolder, parse_lease
@@ -144,7 +144,7 @@ def read_deployment(client: redis.Redis, *, default_shard_count: int,
         if not retired or waiting.depth or lease is not None:
             shards.append(ShardReading(shard, waiting, lease, age, retired))
     dead_letters, duplicates, violations = next(replies), next(replies), next(replies)
-    counted = {int(k): int(v) for k, v in text_map(violations).items() if as_text(k).isdigit()}
+    counted = {int(k): int(v) for k, v in text_map(violations).items() if k.isdigit()}
     return DeploymentReading(
         read_at=read_at, shard_map=shard_map, shards=shards,
         workload_queues=[readings[q] for q in WORKLOAD_QUEUES],
