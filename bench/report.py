@@ -15,6 +15,7 @@ from rich.table import Table
 from bench.drain import DrainResult
 from bench.hol import HolResult
 from bench.publish import PublishResult
+from cli.chatload import percentile
 
 ORDERED_TARGET = 1.5
 PUBLISH_TARGET = 5.0
@@ -84,13 +85,11 @@ def scale(curve: Mapping[int, Sequence[DrainResult]], nproc: int) -> dict[str, A
 
 
 def _ms_summary(latencies_s: Sequence[float]) -> dict[str, Any]:
-    ordered = sorted(latencies_s)
+    def ms(p: float) -> float:
+        return round(1000 * percentile(latencies_s, p), 1)
 
-    def pct(p: float) -> float:
-        return round(1000 * ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)], 1)
-
-    return {"messages": len(ordered), "p50_ms": pct(50), "p99_ms": pct(99),
-            "max_ms": round(1000 * ordered[-1], 1)}
+    return {"messages": len(latencies_s), "p50_ms": ms(50), "p99_ms": ms(99),
+            "max_ms": round(1000 * max(latencies_s), 1)}
 
 
 def head_of_line(hol: HolResult, slow_ms: int, shard_count: int) -> dict[str, Any]:

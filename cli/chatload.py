@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -68,10 +68,15 @@ class OrderReport:
         return self.missing == 0 and self.duplicated == 0 and self.violations == 0
 
     def percentile(self, p: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)]
+        return percentile(self.latencies_s, p)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile of ``values`` (nearest rank below), NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)]
 
 
 def check_order(client: redis.Redis, expected: dict[str, int]) -> OrderReport:
