@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 from celery import Celery
 
@@ -78,6 +79,14 @@ class WorkerSet:
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running and not a zombie; a process reaped between the two questions is gone."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_until(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.05,

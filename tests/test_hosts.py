@@ -26,7 +26,7 @@ from deploy.supervisor import render
 from routing import ChatMessage, dispatch_batch, keys, shard_for
 from routing.queues import WORKLOAD_QUEUES, shard_queue
 from services.lease import ShardLease
-from tests.harness import wait_until
+from tests.harness import alive, wait_until
 
 SHARD_COUNT = 4
 BIN = Path(sys.executable).parent
@@ -104,15 +104,7 @@ class Host:
                 self.proc.wait()
 
     def leftovers(self) -> list[psutil.Process]:
-        return [p for p in self.seen.values() if _alive(p)]
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie; a process reaped between the two questions is gone."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        return [p for p in self.seen.values() if alive(p)]
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

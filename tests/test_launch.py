@@ -14,7 +14,7 @@ from deploy.launcher import PROJECT_DIR, child_env, procfile_running, wait_for_w
 from deploy.supervisor import render
 from routing import ChatMessage, keys, send
 from routing.queues import WORKLOAD_QUEUES, shard_queue
-from tests.harness import wait_until
+from tests.harness import alive, wait_until
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -22,14 +22,6 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie; a process reaped between the two questions is gone."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _cmdline(proc: psutil.Process) -> str:
@@ -41,7 +33,7 @@ def _cmdline(proc: psutil.Process) -> str:
 
 
 def _all_gone(procs: list[psutil.Process]) -> bool:
-    return not [p for p in procs if _alive(p)]
+    return not [p for p in procs if alive(p)]
 
 
 def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, tmp_path,

@@ -31,7 +31,7 @@ from routing.publish import Outgoing, PublishScript, StaleEpoch
 from routing.queues import RELEASE_HELD, SHARD_QUEUE_PREFIX, shard_queue
 from routing.shardmap import ShardMap, barrier_states, read_shard_map, switch_epoch
 from tests.handlers import GATE_PREFIX
-from tests.harness import producer_for, wait_until
+from tests.harness import alive, producer_for, wait_until
 
 
 def _rescale(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -238,13 +238,6 @@ def _process(pid: int) -> psutil.Process | None:
         return None  # it exited after it was listed
 
 
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
     """Three producers send continuously to 30 users while the deployment is rescaled from
     4 to 6 to 3 shards by the real command, with the real shard runner following the map.
@@ -407,7 +400,7 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
         except subprocess.TimeoutExpired:
             supervisord.kill()
             supervisord.wait()
-    assert not [p for p in seen.values() if _alive(p)]
+    assert not [p for p in seen.values() if alive(p)]
     report = check_order(rclient, producer.sent)
     assert (report.missing, report.duplicated, report.answered) == (0, 0, total), report
     assert report.violations == 0, report.bad_users
