@@ -27,6 +27,7 @@ import redis
 from celery import Celery
 
 from bench.load import chunks, expected_counts
+from bench.noop import NAME as NOOP
 from cli.chatload import check_order
 from routing import ChatMessage, dispatch_batch, keys
 
@@ -140,33 +141,71 @@ def _pause(app: Celery, owners: dict[str, str]) -> None:
     time.sleep(BRPOP_SETTLE_S)
 
 
-def drain_once(app: Celery, client: redis.Redis, owners: dict[str, str],
-               messages: Sequence[ChatMessage], alive: Check,
-               cpu: CpuProbe | None = None) -> DrainResult:
-    """One timed drain of ``messages`` by the workers in ``owners`` (see module doc); ``cpu``
-    is read right before consumption resumes and right after the last reply."""
+@dataclass(frozen=True)
+class _Timed:
+    seconds: float
+    wall_seconds: float
+    drain_cpu_s: float
+    machine_cpu_s: float
+
+
+def _timed(app: Celery, client: redis.Redis, owners: dict[str, str], expected: int,
+           publish: Callable[[], None], alive: Check, cpu: CpuProbe | None) -> _Timed:
+    """Pause the consumers, ``publish`` the backlog, then time its drain: from resuming the
+    consumers until the outbox feed holds ``expected`` entries (see module doc)."""
     _pause(app, owners)
-    for chunk in chunks(messages, PUBLISH_CHUNK):
-        dispatch_batch(app, chunk)
+    publish()
     waiting = sum(int(client.llen(q)) for q in owners)
-    if waiting != len(messages) or client.xlen(keys.OUTBOX_FEED) != 0:
+    if waiting != expected or client.xlen(keys.OUTBOX_FEED) != 0:
         raise RuntimeError(f"backlog not intact before the drain: {waiting} of "
-                           f"{len(messages)} queued")
+                           f"{expected} queued")
 
     cpu_before = cpu() if cpu else (0.0, 0.0)
     start_ms = _redis_ms(client)
     wall_start = time.monotonic()
     for queue, worker in owners.items():
         app.control.add_consumer(queue, destination=[worker], reply=False)
-    _wait_feed(client, len(messages), alive)
+    _wait_feed(client, expected, alive)
     wall = time.monotonic() - wall_start
     cpu_after = cpu() if cpu else (0.0, 0.0)
     end_ms = _last_entry_ms(client)
+    return _Timed(seconds=max(end_ms - start_ms, 1) / 1000.0, wall_seconds=wall,
+                  drain_cpu_s=cpu_after[0] - cpu_before[0],
+                  machine_cpu_s=cpu_after[1] - cpu_before[1])
 
+
+def drain_once(app: Celery, client: redis.Redis, owners: dict[str, str],
+               messages: Sequence[ChatMessage], alive: Check,
+               cpu: CpuProbe | None = None) -> DrainResult:
+    """One timed drain of ``messages`` by the workers in ``owners`` (see module doc); ``cpu``
+    is read right before consumption resumes and right after the last reply."""
+    def publish() -> None:
+        for chunk in chunks(messages, PUBLISH_CHUNK):
+            dispatch_batch(app, chunk)
+
+    timed = _timed(app, client, owners, len(messages), publish, alive, cpu)
     report = check_order(client, expected_counts(messages))
     _clean(client)
-    return DrainResult(tasks=len(messages), seconds=max(end_ms - start_ms, 1) / 1000.0,
-                       wall_seconds=wall, order_violations=report.violations,
+    return DrainResult(tasks=len(messages), seconds=timed.seconds,
+                       wall_seconds=timed.wall_seconds, order_violations=report.violations,
                        missing=report.missing, duplicated=report.duplicated,
-                       drain_cpu_s=cpu_after[0] - cpu_before[0],
-                       machine_cpu_s=cpu_after[1] - cpu_before[1])
+                       drain_cpu_s=timed.drain_cpu_s, machine_cpu_s=timed.machine_cpu_s)
+
+
+def drain_noops(app: Celery, client: redis.Redis, owners: dict[str, str], count: int,
+                alive: Check, cpu: CpuProbe | None = None) -> DrainResult:
+    """One timed drain of ``count`` :mod:`bench.noop` tasks spread evenly over the queues of
+    ``owners``: the same clock as :func:`drain_once`, with no task work to speak of."""
+    queues = sorted(owners)
+
+    def publish() -> None:
+        with app.producer_or_acquire() as producer:
+            for n in range(count):
+                app.send_task(NOOP, args=[n], queue=queues[n % len(queues)],
+                              producer=producer)
+
+    timed = _timed(app, client, owners, count, publish, alive, cpu)
+    _clean(client)
+    return DrainResult(tasks=count, seconds=timed.seconds, wall_seconds=timed.wall_seconds,
+                       order_violations=0, missing=0, duplicated=0,
+                       drain_cpu_s=timed.drain_cpu_s, machine_cpu_s=timed.machine_cpu_s)

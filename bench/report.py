@@ -38,6 +38,19 @@ def _drain(rounds: Sequence[DrainResult]) -> dict[str, Any]:
     }
 
 
+def _ratio(tops: Sequence[DrainResult], bottoms: Sequence[DrainResult]) -> float:
+    """Median over rounds of the ratio within each round (see ``ratio_method``)."""
+    return statistics.median(t.rate / b.rate for t, b in zip(tops, bottoms, strict=True))
+
+
+def reference(shards: Sequence[DrainResult], naive: Sequence[DrainResult]) -> dict[str, Any]:
+    """The same two deployments draining a task that does nothing but the one XADD that times
+    the drain (bench.noop): what Celery and the transport cost, with no task work. No target:
+    it is the ceiling of (1)/(2), which only adds the same task work to both sides."""
+    return {"shards_4_solo": _drain(shards), "naive_prefork_c4": _drain(naive),
+            "shards_over_naive": round(_ratio(shards, naive), 2)}
+
+
 def scale(curve: Mapping[int, Sequence[DrainResult]], nproc: int) -> dict[str, Any]:
     """The scale curve: throughput of k solo shard workers (SHARD_COUNT = k) on one backlog."""
     points: list[dict[str, Any]] = []
@@ -111,8 +124,7 @@ def head_of_line(hol: HolResult, slow_ms: int, shard_count: int) -> dict[str, An
 def results(machine: dict[str, Any], shards: Sequence[DrainResult],
             naive: Sequence[DrainResult], publish: PublishResult,
             params: dict[str, Any]) -> dict[str, Any]:
-    ordered_ratio = statistics.median(s.rate / n.rate for s, n in zip(shards, naive,
-                                                                      strict=True))
+    ordered_ratio = _ratio(shards, naive)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine,
@@ -160,6 +172,15 @@ def print_table(data: dict[str, Any], console: Console) -> None:
                       f"{side['tasks_per_round']} tasks/round; rounds "
                       f"{_rounds(side, 'tasks_per_s')} tasks/s; CPU (workers + redis) "
                       f"{side['cpu_ms_per_task']:.2f} ms/task; {violations} order violations")
+    ref = data.get("reference_noop")
+    if ref is not None:
+        for label, side in (("(R1) 4 solo shard workers, no-op task", ref["shards_4_solo"]),
+                            ("(R2) 1 prefork worker -c 4, no-op task", ref["naive_prefork_c4"])):
+            table.add_row(label, f"{side['tasks_per_s']:.0f} tasks/s",
+                          f"reference, no target; rounds {_rounds(side, 'tasks_per_s')} "
+                          f"tasks/s; CPU {side['cpu_ms_per_task']:.2f} ms/task")
+        table.add_row("ratio (R1)/(R2)", f"{ref['shards_over_naive']:.2f}x",
+                      "the ceiling of (1)/(2): Celery's own cost, no task work on either side")
     table.add_row("(3a) apply_async (send_task), one by one",
                   f"{pub['plain_msgs_per_s']:.0f} msgs/s",
                   f"{pub['messages_per_round']} msgs x {len(pub['plain_s'])} rounds")

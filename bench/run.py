@@ -1,5 +1,6 @@
-"""``make bench``: ordered throughput (shards vs naive prefork), the scale curve (1, 2, 4, 8
-shard workers), head-of-line blocking, and publish rates.
+"""``make bench``: ordered throughput (shards vs naive prefork), the same two deployments on a
+no-op reference task (bench.noop), the scale curve (1, 2, 4, 8 shard workers), head-of-line
+blocking, and publish rates.
 
 See bench/drain.py for how a drain is timed. The deployments run side by side (each on its
 own private Redis) and their drains alternate round by round on the same backlog, so load
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -30,6 +32,7 @@ from bench.report import (
     print_hol,
     print_scale,
     print_table,
+    reference,
     results,
     scale,
     write_json,
@@ -44,6 +47,8 @@ from bench.scenarios import (
 
 USERS = 300
 PER_USER = 10  # 3000 ordered tasks per drain
+#: Reference drains of the no-op task (bench.noop), on the same two deployments.
+NOOP_TASKS = 3000
 DRAIN_ROUNDS = 3
 WARMUP_USERS = 40
 PUBLISH_MESSAGES = 1000
@@ -56,8 +61,19 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 SCALE_PNG = RESULTS.parent / "scale.png"
 
 
-def _drains(work_dir: Path, console: Console) -> tuple[dict[int, list[DrainResult]],
-                                                       list[DrainResult], list[list[int]]]:
+@dataclass
+class Drains:
+    #: Shard worker count -> its ordered drains (SHARDS among them: that is (1)).
+    curve: dict[int, list[DrainResult]]
+    naive: list[DrainResult]
+    #: Messages per shard (of SHARDS) of each round's backlog.
+    spreads: list[list[int]]
+    #: The reference: no-op drains of SHARDS solo workers and of the naive worker.
+    noop_shards: list[DrainResult]
+    noop_naive: list[DrainResult]
+
+
+def _drains(work_dir: Path, console: Console) -> Drains:
     warmup = backlog(WARMUP_USERS, 1, prefix="warm")
     curve: dict[int, list[DrainResult]] = {k: [] for k in SCALE_WORKERS}
     naive: list[DrainResult] = []
@@ -79,7 +95,15 @@ def _drains(work_dir: Path, console: Console) -> tuple[dict[int, list[DrainResul
                           f"{naive[-1].rate:.0f} tasks/s; {SHARDS} shards "
                           f"{curve[SHARDS][-1].cpu_ms_per_task:.2f} CPU ms/task, naive "
                           f"{naive[-1].cpu_ms_per_task:.2f}; per shard (4) {spreads[-1]}")
-    return curve, naive, spreads
+        noop_shards: list[DrainResult] = []
+        noop_naive: list[DrainResult] = []
+        for n in range(DRAIN_ROUNDS):
+            noop_shards.append(sharded[SHARDS].drain_noops(NOOP_TASKS))
+            noop_naive.append(plain.drain_noops(NOOP_TASKS))
+            console.print(f"  no-op round {n + 1}: {SHARDS} shard workers "
+                          f"{noop_shards[-1].rate:.0f} tasks/s, naive "
+                          f"{noop_naive[-1].rate:.0f} tasks/s")
+    return Drains(curve, naive, spreads, noop_shards, noop_naive)
 
 
 def _head_of_line(work_dir: Path, console: Console) -> HolResult:
@@ -97,8 +121,7 @@ def main() -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="shardline-bench-"))
     ok = False
     try:
-        curve, naive, spreads = _drains(work_dir, console)
-        shards = curve[SHARDS]
+        drains = _drains(work_dir, console)
         hol = _head_of_line(work_dir, console)
         console.print("publish rate ...")
         published = backlog(PUBLISH_MESSAGES // 10, 10, prefix="p")
@@ -114,12 +137,14 @@ def main() -> int:
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     params = {"shards": SHARDS, "users_per_round": USERS, "messages_per_user": PER_USER,
               "drain_rounds": DRAIN_ROUNDS, "warmup_messages": WARMUP_USERS,
-              "backlog_per_shard": spreads, "publish_messages_per_round": PUBLISH_MESSAGES,
+              "backlog_per_shard": drains.spreads, "noop_tasks_per_round": NOOP_TASKS,
+              "publish_messages_per_round": PUBLISH_MESSAGES,
               "publish_batch": PUBLISH_BATCH, "publish_rounds": PUBLISH_ROUNDS,
               "ai_latency_ms": 0, "worker_loglevel": "INFO",
               "scale_workers": list(SCALE_WORKERS)}
-    data = results(machine, shards, naive, publish, params)
-    data["scale"] = scale(curve, machine["nproc"])
+    data = results(machine, drains.curve[SHARDS], drains.naive, publish, params)
+    data["reference_noop"] = reference(drains.noop_shards, drains.noop_naive)
+    data["scale"] = scale(drains.curve, machine["nproc"])
     data["head_of_line"] = head_of_line(hol, HOL_SLOW_MS, HOL_SHARDS)
     data["bench_wall_s"] = round(time.monotonic() - started, 1)
     print_table(data, console)

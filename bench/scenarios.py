@@ -14,7 +14,8 @@ import redis
 from celery import Celery
 
 from bench.cpu import group_cpu_s, machine_cpu_s, process_cpu_s
-from bench.drain import DrainResult, drain_once, prepare
+from bench.drain import CpuProbe, DrainResult, drain_noops, drain_once, prepare
+from bench.noop import INCLUDE as NOOP_INCLUDE
 from bench.publish import PublishResult, measure_publish
 from bench.workers import Workers, celery_worker_argv
 from deploy.embedded_redis import EmbeddedRedis
@@ -67,14 +68,23 @@ class Deployment:
     redis_pid: int
 
     def drain(self, messages: Sequence[ChatMessage]) -> DrainResult:
+        """A timed drain of ordered chat messages (bench.drain.drain_once)."""
+        return self._measured(lambda cpu: drain_once(self.app, self.client, self.owners,
+                                                     messages, self.workers.check_alive, cpu))
+
+    def drain_noops(self, count: int) -> DrainResult:
+        """A timed drain of ``count`` reference no-op tasks (bench.noop)."""
+        return self._measured(lambda cpu: drain_noops(self.app, self.client, self.owners,
+                                                      count, self.workers.check_alive, cpu))
+
+    def _measured(self, drain: Callable[[CpuProbe], DrainResult]) -> DrainResult:
         groups = self.workers.pids()  # each worker leads its own process group
         worker_cpu, redis_cpu = group_cpu_s(groups), process_cpu_s(self.redis_pid)
 
         def cpu() -> tuple[float, float]:
             return group_cpu_s(groups) + process_cpu_s(self.redis_pid), machine_cpu_s()
 
-        result = drain_once(self.app, self.client, self.owners, messages,
-                            self.workers.check_alive, cpu)
+        result = drain(cpu)
         # Includes the pause and the order check around the timed drain: idle, nearly free.
         return replace(result, worker_cpu_s=group_cpu_s(groups) - worker_cpu,
                        redis_cpu_s=process_cpu_s(self.redis_pid) - redis_cpu)
@@ -104,27 +114,29 @@ def deployment(work_dir: Path, name: str, shard_count: int,
 def _shard_starter(count: int) -> Callable[[Workers], None]:
     def start(workers: Workers) -> None:
         for shard in range(count):
-            workers.start(f"shard-{shard}", shard_worker_argv(shard, LOGLEVEL))
+            workers.start(f"shard-{shard}", [*shard_worker_argv(shard, LOGLEVEL),
+                                              *NOOP_INCLUDE])
     return start
 
 
 def _start_naive(workers: Workers) -> None:
     workers.start("naive", celery_worker_argv(
         "naive", "-P", "prefork", "-c", str(NAIVE_CONCURRENCY), "--prefetch-multiplier", "1",
-        "-Q", shard_queue(0), loglevel=LOGLEVEL))
+        "-Q", shard_queue(0), *NOOP_INCLUDE, loglevel=LOGLEVEL))
 
 
 def shards_deployment(work_dir: Path, warmup: Sequence[ChatMessage], count: int = SHARDS,
                       **env: str) -> AbstractContextManager[Deployment]:
     """``count`` shards (SHARD_COUNT) with one solo worker each, alone on its queue, exactly
-    as ``deploy.shards`` runs them."""
+    as ``deploy.shards`` runs them (plus the bench's reference task, bench.noop)."""
     return deployment(work_dir, f"shards-{count}", count, _shard_starter(count), warmup, **env)
 
 
 def naive_deployment(work_dir: Path,
                      warmup: Sequence[ChatMessage]) -> AbstractContextManager[Deployment]:
     """The deployment shards replace: one prefork worker, -c 4, on one queue (everything
-    routed to shard.0; acks_late and prefetch multiplier 1 come from celeryconfig)."""
+    routed to shard.0; acks_late and prefetch multiplier 1 come from celeryconfig), with the
+    bench's reference task (bench.noop) too."""
     return deployment(work_dir, "naive", 1, _start_naive, warmup)
 
 
