@@ -118,9 +118,10 @@ def _wait(console: Console, client: redis.Redis, before: ShardMap, epoch: int,
         # that exits by itself); the shard runner lets them exit and does not restart them.
         stop = "" if supervised else " and their workers to stop"
         console.print(f"waiting for removed shard(s) {removed} to drain{stop}")
-        # Drained for two map refreshes in a row: by then no process still routes an
-        # apply_async of an ordered task by its cached copy of the old map (unfenced; control
-        # messages are fenced). tasks/shard_retire.py waits as long.
+        # Drained for two map refreshes in a row: by then no process still routes a
+        # send_task of an ordered task by name by its cached copy of the old map (unfenced;
+        # routing.send, apply_async and control messages are fenced). shard_retire waits as
+        # long.
         quiet_s = 2 * celeryconfig.settings.shard_map_refresh_s
         quiet_since: float | None = None
         while quiet_since is None or time.monotonic() - quiet_since < quiet_s:

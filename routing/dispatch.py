@@ -249,6 +249,26 @@ def send(app: Celery, message: ChatMessage) -> DispatchResult:
     return dispatch_batch(app, [message])[0]
 
 
+def send_ordered(app: Celery, name: str, args: tuple[Any, ...] | list[Any],
+                 kwargs: dict[str, Any], *, task_id: str | None = None,
+                 headers: dict[str, Any] | None = None) -> DispatchResult:
+    """Publish one ordered task by name as a user's message, exactly as :func:`send` would
+    publish it: checked, epoch-fenced, numbered, and claimed under its ``message_id`` keyword
+    (a duplicate is not sent and comes back with the first dispatch's task id).
+    ``OrderedTask.apply_async`` (and so ``delay``) publishes through this."""
+    if name not in ORDERED_TASKS:
+        raise InvalidDispatch(f"{name} is not an ordered task")
+    text = args[1] if len(args) > 1 else kwargs.get("text")
+    if isinstance(text, str):
+        validate(ChatMessage(canonical_user_id(user_id_of(args, kwargs)), text), max_text_bytes())
+    message_id = kwargs.get("message_id")
+    published = _publish_one(app, name, args, kwargs, task_id=task_id or uuid(),
+                             headers=headers, numbered=True,
+                             message_id=None if message_id is None else str(message_id))
+    return DispatchResult(published.task_id, duplicate=published.seq is None,
+                          seq=published.seq)
+
+
 def publish_task(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], *,
                  headers: dict[str, Any] | None = None, task_id: str | None = None) -> str:
     """Publish one task by name (replays, control tasks, notices that carry a fixed
@@ -264,10 +284,17 @@ def publish_task(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any]
             name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {},
             retry=False))
         return task_id
+    _publish_one(app, name, args, kwargs, task_id=task_id, headers=headers, numbered=False,
+                 message_id=None)
+    return task_id
 
+
+def _publish_one(app: Celery, name: str, args: tuple[Any, ...] | list[Any],
+                 kwargs: dict[str, Any], *, task_id: str, headers: dict[str, Any] | None,
+                 numbered: bool, message_id: str | None) -> Published:
     def route(builder: EnvelopeBuilder, shard_map: ShardMap) -> list[Outgoing]:
         return [_outgoing(builder, name, tuple(args), kwargs, shard_map, task_id,
-                          numbered=False, headers=headers)]
+                          message_id=message_id, numbered=numbered, headers=headers)]
 
-    with_publish_retry(app, f"publish {name}", lambda: _publish_routed(app, route))
-    return task_id
+    [published] = with_publish_retry(app, f"publish {name}", lambda: _publish_routed(app, route))
+    return published

@@ -1,8 +1,9 @@
 """Every task message carries ``published_at``: the producer's clock when it was published.
 
-Ordered messages and shardline's control messages get it from ``routing.envelope``.
-Everything sent through Celery's ``send_task`` (workload tasks and their replays, beat,
-``apply_async`` of an ordered task) gets it here, from a
+Ordered messages (``routing.send``, an ordered task's ``apply_async``) and shardline's
+control messages get it from ``routing.envelope``. Everything sent through Celery's
+``send_task`` (workload tasks and their replays, beat, ``send_task`` of an ordered task by
+name) gets it here, from a
 ``before_task_publish`` handler that sets it only when absent. ``routing/__init__`` imports
 this module, so every producer and every worker (both import ``routing``) has it connected.
 The age of the oldest waiting message (``metrics.readings``) is read from this header.

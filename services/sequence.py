@@ -17,8 +17,8 @@ What is not a violation, and why:
   predate the check, or the record may have been cleared); it becomes the baseline.
 * **Messages without the header** are never checked: control messages and re-sends
   (``routing.dispatch.publish_task``: promise notices, dead-letter replays, catch-up
-  replays, ``release_held``) and ordered tasks sent with Celery's ``apply_async`` are not
-  numbered.
+  replays, ``release_held``) and ordered tasks sent by name with Celery's ``app.send_task``
+  are not numbered (an ordered task's own ``apply_async`` is: ``tasks.ordered``).
 
 Held messages (``services.hold``) are checked when they actually run, with the number they
 were published with: the held list is kept in sequence order, so releasing a hold (a

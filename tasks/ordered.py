@@ -24,6 +24,7 @@ from typing import Any
 from celery import Task
 
 import celeryconfig
+from routing.dispatch import send_ordered
 from routing.envelope import EPOCH_HEADER, SEQ_HEADER
 from routing.errors import InvalidDispatch, InvalidUserId
 from routing.queues import shard_of_queue
@@ -36,6 +37,12 @@ from services.sequence import Verdict
 from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
+
+#: apply_async options the ordered publish has no use for: the connection and producer (it
+#: publishes on its own client), Celery's publish retry (it retries for PUBLISH_RETRY_S), the
+#: serializer (JSON is the only one accepted) and headers (passed on).
+_IGNORED_PUBLISH_OPTIONS = frozenset({"connection", "retry", "retry_policy", "serializer",
+                                      "headers"})
 
 #: Failures that another attempt cannot fix: parked at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (InvalidUserId, InvalidDispatch, TypeError)
@@ -53,14 +60,32 @@ class OrderedTask(Task):
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Any = None,
                     producer: Any = None, link: Any = None, link_error: Any = None,
                     shadow: Any = None, **options: Any) -> Any:
+        """Publish through ``routing.dispatch.send_ordered``, as ``routing.send`` would: checked,
+        epoch-fenced, numbered, deduplicated by the ``message_id`` keyword. Celery's own
+        publish would route by a shard map up to ``SHARD_MAP_REFRESH_S`` old (near a rescale
+        the message could land behind the barrier on the user's old shard) and unnumbered.
+        Options that would reorder the message, or that this path cannot honour, raise."""
         for option in ("countdown", "eta", "priority", "queue"):
             if options.get(option) is not None:
                 raise InvalidDispatch(
                     f"{self.name} must not be sent with {option}={options[option]!r}: "
                     "it would run out of order with the user's other messages"
                 )
-        return super().apply_async(args, kwargs, task_id, producer, link, link_error,
-                                   shadow, **options)
+        if self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id, producer, link, link_error,
+                                       shadow, **options)
+        given = {"link": link, "link_error": link_error, "shadow": shadow, **options}
+        unsupported = sorted(k for k, v in given.items()
+                             if v is not None and k not in _IGNORED_PUBLISH_OPTIONS)
+        if unsupported:
+            raise InvalidDispatch(
+                f"{self.name} cannot be sent with {', '.join(unsupported)}: ordered tasks are "
+                f"published by routing.dispatch.send_ordered, which takes only a task id and "
+                f"headers"
+            )
+        result = send_ordered(self.app, self.name, tuple(args or ()), dict(kwargs or {}),
+                              task_id=task_id, headers=options.get("headers"))
+        return self.AsyncResult(result.task_id)
 
     #: False for control tasks (``release_held``) that must run even while the user is held.
     holdable = True

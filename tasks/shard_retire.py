@@ -5,9 +5,9 @@ messages (publishes are fenced on the epoch), but their queues still hold what w
 them before the switch, up to the rescale's barrier marker. :class:`RetireStep` watches, every
 ``SHARD_MAP_REFRESH_S``, whether its shard is drained away (``services.barrier``: beyond the
 map's count, marker passed and waiting users released, queue and in-flight list empty). Once
-that has held for two refresh intervals (by then no process routes an ``apply_async`` of an
-ordered task by an older copy of the map), the worker stops consuming and exits with status 0, as
-a warm shutdown: its lease is released and nothing is in flight. The shard runner
+that has held for two refresh intervals (by then no process routes a ``send_task`` of an
+ordered task by name by an older copy of the map), the worker stops consuming and exits with
+status 0, as a warm shutdown: its lease is released and nothing is in flight. The shard runner
 (``deploy/shards.py``) does not restart a removed shard whose worker exited 0.
 """
 

@@ -118,6 +118,56 @@ def test_control_messages_are_fenced_too_and_not_numbered(producer, rclient):
     assert json.loads(base64.b64decode(envelope["body"]))[0] == [user]
 
 
+#: Worker code sending with Celery's own API across a switch (argv: user, Redis URL).
+_DELAY_ACROSS_A_SWITCH = """
+import json, sys
+import redis
+from routing.errors import InvalidDispatch
+from routing.shardmap import ShardMap, switch_epoch
+from tasks.chat import send_ai_response
+
+user, url = sys.argv[1], sys.argv[2]
+refused = []
+for option, value in (("link", "a callback"), ("expires", 60), ("countdown", 5)):
+    try:
+        send_ai_response.apply_async((user, "refused"), **{option: value})
+    except InvalidDispatch:
+        refused.append(option)
+first = send_ai_response.apply_async((user, "before the switch"), {"message_id": "a"})
+switch_epoch(redis.Redis.from_url(url), expected=ShardMap(4, 0), new_count=6, markers=[])
+second = send_ai_response.delay(user, "after the switch", message_id="b")
+again = send_ai_response.delay(user, "after the switch", message_id="b")
+print(json.dumps([refused, first.id, second.id, again.id]))
+"""
+
+
+def test_apply_async_of_an_ordered_task_is_fenced_numbered_and_deduplicated(redis_url, rclient):
+    """``send_ai_response.apply_async`` / ``.delay`` in a process that cached the map before
+    a rescale. Breaks if OrderedTask.apply_async publishes through Celery's router (whose map
+    is up to SHARD_MAP_REFRESH_S old: the message sent after the switch would land on the
+    user's old shard, behind the barrier marker, and could run after the user's newer
+    messages), unnumbered (the order alarm could not check it), or unclaimed (a resend of
+    the same message_id would be answered twice); or if it silently drops an option it
+    cannot honour (a callback, an expiry) or lets a countdown through."""
+    user = _mover(4, 6)
+    done = subprocess.run([sys.executable, "-c", _DELAY_ACROSS_A_SWITCH, user, redis_url],
+                          env=child_env(redis_url, SHARD_COUNT="4"), cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    refused, first, second, again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert refused == ["link", "expires", "countdown"]
+    assert rclient.get(keys.STALE_EPOCH_PUBLISHES) == "1", "the first try was not fenced"
+    assert again == second, "the resend of message b was published again"
+    queues = _envelopes(rclient)
+    old_queue, new_queue = shard_queue(shard_for(user, 4)), shard_queue(shard_for(user, 6))
+
+    def sent(queue: str) -> list[tuple[str, int, int]]:
+        return [(e["headers"]["id"], e["headers"][EPOCH_HEADER], e["headers"][SEQ_HEADER])
+                for e in queues.get(queue, [])]
+
+    assert (sent(old_queue), sent(new_queue)) == ([(first, 0, 1)], [(second, 1, 2)])
+
+
 # ---- the drain barrier ---------------------------------------------------------------
 
 
