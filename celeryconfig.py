@@ -151,7 +151,8 @@ class Settings:
     job_ttl_s: int
     #: Seconds a cancelled running job gets to reach a checkpoint before it is revoked.
     job_cancel_grace_s: float
-    #: Seconds without a heartbeat after which a running job or promise counts as lost.
+    #: Seconds without a heartbeat after which a running job or promise counts as lost; also
+    #: how long a queued job's message may be missing from the broker before it is re-sent.
     work_lease_s: float
     #: Seconds between beat passes (recovery of lost jobs/promises, cleanup).
     maintenance_interval_s: float

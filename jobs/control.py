@@ -1,29 +1,51 @@
-"""The producer side of jobs: create, pause, resume, cancel, recover lost runs, clean up.
+"""The producer side of jobs: create, pause, resume, cancel, recover lost work, clean up.
 
 Used by the API, the CLI and the beat maintenance task. Sends by task name through a Celery
 client app, so it never imports worker code.
+
+Work is lost two ways, and the maintenance pass recovers both: a run whose worker died
+(``recover_jobs``: its heartbeat stops) and a queued job's message the broker dropped before
+any run took it (``redispatch_lost_jobs``: no queue holds it and no worker reserved it). Every
+send is recorded on the job first (``dispatch_id``, ``dispatched_at``), which is what the
+second check compares against. A job sent twice still runs once: a run starts only by
+acquiring a *queued* job with no holder (``JobStore.acquire``), so the later message finds
+it running or finished and does nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
 
 from celery import Celery
 
+from jobs.broker import held_task_ids
 from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from jobs.kinds import kind_named
 from jobs.records import JobRecord, JobStatus
 from jobs.store import JobStore
+from routing.queues import workload_queue_for
+
+log = logging.getLogger(__name__)
 
 #: Task that revokes a running job which ignored a cancel for ``JOB_CANCEL_GRACE_S``.
 ENFORCE_CANCEL = "shardline.jobs.enforce_cancel"
 
 
-def _dispatch(app: Celery, record: JobRecord) -> None:
-    kind = kind_named(record.kind)
-    app.send_task(kind.task_name, args=(record.id,), priority=record.priority)
+def _dispatch(store: JobStore, app: Celery, record: JobRecord, replaces: str = "") -> str:
+    """Send the job's task under a new id recorded first; '' if it must not be sent.
+
+    Not sent when the job stopped being queued meanwhile (a pause or cancel won the race; a
+    resume sends it again) or when ``replaces`` was already re-sent by another pass.
+    """
+    task_id = str(uuid.uuid4())  # Celery's own form of a task id
+    if not store.note_dispatch(record.id, task_id, replaces=replaces):
+        return ""
+    app.send_task(kind_named(record.kind).task_name, args=(record.id,),
+                  priority=record.priority, task_id=task_id)
+    return task_id
 
 
 def create_job(store: JobStore, app: Celery, *, kind: str, owner: str, priority: int,
@@ -36,7 +58,7 @@ def create_job(store: JobStore, app: Celery, *, kind: str, owner: str, priority:
     record = JobRecord(id=uuid.uuid4().hex, kind=kind, owner=owner, priority=priority,
                        status=JobStatus.QUEUED, params=clean, total=job_kind.total(clean))
     store.create(record)
-    _dispatch(app, record)
+    _dispatch(store, app, record)
     created = store.get(record.id)
     assert created is not None
     return created
@@ -66,7 +88,7 @@ def resume_job(store: JobStore, app: Celery, job_id: str, owner: str | None) -> 
         raise InvalidTransition(f"job {job_id!r} has finished and cannot be resumed")
     record = owned_job(store, job_id, owner)
     if outcome == "requeue":
-        _dispatch(app, record)
+        _dispatch(store, app, record)
     return record
 
 
@@ -122,9 +144,43 @@ def recover_jobs(store: JobStore, app: Celery, *, lease_s: float, node: str | No
         restarted = node is not None and held_node == node and held_boot != boot
         if (restarted or now - record.beat_at > lease_s) and store.reclaim(record.id,
                                                                           record.holder):
-            _dispatch(app, record)
+            _dispatch(store, app, record)
             requeued.append(record.id)
     return requeued
+
+
+def job_queue(record: JobRecord) -> str:
+    """The workload queue the job's messages wait in."""
+    queue = workload_queue_for(kind_named(record.kind).task_name)
+    assert queue is not None, f"job kind {record.kind!r} has no workload route"
+    return queue
+
+
+def redispatch_lost_jobs(store: JobStore, app: Celery, *, grace_s: float) -> list[str]:
+    """Send again each queued job whose message is lost; returns the re-sent job ids.
+
+    Lost: dispatched more than ``grace_s`` ago and its task id is in no priority sub-list of
+    its queue and not in kombu's ``unacked`` record. That happens when a worker is killed
+    between kombu's BRPOP and its ``unacked`` write, or when Redis loses the write (AOF
+    everysec); the job would otherwise stay queued forever. Paused and finished jobs are
+    never sent (``JobStore.note_dispatch`` refuses them).
+    """
+    cutoff = time.time() - grace_s
+    due = [r for r in store.find(limit=10_000)
+           if r.status == JobStatus.QUEUED and r.dispatched_at <= cutoff]
+    if not due:
+        return []
+    held = held_task_ids(store.redis, {job_queue(r) for r in due})
+    return [r.id for r in due if r.dispatch_id not in held and _redispatch(store, app, r)]
+
+
+def _redispatch(store: JobStore, app: Celery, record: JobRecord) -> bool:
+    task_id = _dispatch(store, app, record, replaces=record.dispatch_id)
+    if task_id:
+        log.warning("job %s: message %s (sent %.0f s ago) is in neither queue %s nor unacked; "
+                    "re-dispatched as %s", record.id, record.dispatch_id or "?",
+                    time.time() - record.dispatched_at, job_queue(record), task_id)
+    return bool(task_id)
 
 
 def clean_finished_jobs(store: JobStore, ttl_s: float) -> list[str]:

@@ -49,6 +49,10 @@ class JobRecord:
     holder: str = ""
     beat_at: float = 0.0
     cancel_at: float = 0.0
+    #: Task id and time of the job's last dispatch: the maintenance pass re-sends a queued job
+    #: whose message the broker no longer holds (``jobs.control.redispatch_lost_jobs``).
+    dispatch_id: str = ""
+    dispatched_at: float = 0.0
 
     @property
     def percent(self) -> float:
@@ -69,6 +73,8 @@ class JobRecord:
             resumed_from=json.loads(h.get("resumed_from") or "[]"),
             task_id=h.get("task_id", ""), holder=h.get("holder", ""),
             beat_at=float(h.get("beat_at") or 0), cancel_at=float(h.get("cancel_at") or 0),
+            dispatch_id=h.get("dispatch_id", ""),
+            dispatched_at=float(h.get("dispatched_at") or 0),
         )
 
     def public(self) -> dict[str, Any]:

@@ -102,6 +102,15 @@ return 1
 """
 
 
+# KEYS: job  ARGV: dispatch id, now, replaces ('' = any) -> 1 recorded, 0 not to be sent
+_NOTE_DISPATCH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'dispatch_id') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'dispatch_id', ARGV[1], 'dispatched_at', ARGV[2])
+return 1
+"""
+
+
 @dataclass
 class Checkpoint:
     position: int
@@ -118,6 +127,7 @@ class JobStore:
         self._settle = client.register_script(_SETTLE)
         self._control = client.register_script(_CONTROL)
         self._reclaim = client.register_script(_RECLAIM)
+        self._note_dispatch = client.register_script(_NOTE_DISPATCH)
 
     # ---- producer side ----
     def create(self, record: JobRecord) -> None:
@@ -153,6 +163,16 @@ class JobStore:
 
     def reclaim(self, job_id: str, holder: str) -> bool:
         return bool(self._reclaim(keys=[keys.job(job_id)], args=[holder, time.time()]))
+
+    def note_dispatch(self, job_id: str, dispatch_id: str, *, replaces: str = "") -> bool:
+        """Record the task id about to be sent for a queued job; False: do not send it.
+
+        Recorded before the send, so a maintenance pass never takes a message still being sent
+        for a lost one. Refused when the job is no longer queued (paused, cancelled, finished,
+        gone) or, with ``replaces``, when another pass already re-sent that dispatch.
+        """
+        return bool(self._note_dispatch(keys=[keys.job(job_id)],
+                                        args=[dispatch_id, time.time(), replaces]))
 
     def force_cancel(self, job_id: str) -> bool:
         return self.settle(job_id, "", JobStatus.CANCELLED, drop_checkpoint=True)

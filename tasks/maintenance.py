@@ -2,7 +2,9 @@
 
 ``shardline.maintenance`` runs on the ``default`` queue every ``MAINTENANCE_INTERVAL_S`` (beat)
 and once when a workload worker starts, naming that worker, so runs it held before a
-``kill -9`` are re-queued at once instead of after ``WORK_LEASE_S``.
+``kill -9`` are re-queued at once instead of after ``WORK_LEASE_S``. Each pass also re-sends
+a queued job whose message the broker lost before any run took it, once that message was
+sent more than ``WORK_LEASE_S`` ago (the same patience as for a silent run).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from celery.signals import worker_ready
 
 import celeryconfig
-from jobs.control import clean_finished_jobs, recover_jobs
+from jobs.control import clean_finished_jobs, recover_jobs, redispatch_lost_jobs
 from jobs.store import JobStore
 from routing.queues import WORKLOAD_QUEUES
 from services.registry import services
@@ -38,7 +40,8 @@ def lease_holder(hostname: str | None, task_id: str | None) -> str:
 
 @app.task(name=MAINTENANCE)
 def maintenance(node: str | None = None, boot: str | None = None) -> dict[str, Any]:
-    """Re-queue lost job runs and promises, revoke overdue cancels, drop expired jobs."""
+    """Re-queue lost job runs, lost job messages and promises; revoke overdue cancels; drop
+    expired jobs."""
     from promises.recovery import recover_promises
     from promises.runtime import promise_service
 
@@ -46,13 +49,15 @@ def maintenance(node: str | None = None, boot: str | None = None) -> dict[str, A
     store = job_store()
     requeued = recover_jobs(store, app, lease_s=s.work_lease_s, node=node, boot=boot,
                             grace_s=s.job_cancel_grace_s)
+    redispatched = redispatch_lost_jobs(store, app, grace_s=s.work_lease_s)
     cleaned = clean_finished_jobs(store, s.job_ttl_s)
     promised = recover_promises(promise_service(app), lease_s=s.work_lease_s, node=node,
                                 boot=boot)
-    if requeued or cleaned or promised:
-        log.info("maintenance: jobs re-queued %s, cleaned %s; promises re-dispatched %s",
-                 requeued, cleaned, promised)
-    return {"jobs_requeued": requeued, "jobs_cleaned": cleaned, "promises": promised}
+    if requeued or redispatched or cleaned or promised:
+        log.info("maintenance: jobs re-queued %s, re-dispatched %s, cleaned %s; "
+                 "promises re-dispatched %s", requeued, redispatched, cleaned, promised)
+    return {"jobs_requeued": requeued, "jobs_redispatched": redispatched,
+            "jobs_cleaned": cleaned, "promises": promised}
 
 
 @worker_ready.connect

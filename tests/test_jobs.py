@@ -1,17 +1,27 @@
-"""Jobs on a real workload worker: progress, checkpoints, pause/resume, cancel, kill -9."""
+"""Jobs on a real workload worker: progress, checkpoints, pause/resume, cancel, kill -9,
+lost messages."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from deploy.launcher import wait_for_workers
-from jobs.control import cancel_job, clean_finished_jobs, create_job, pause_job, resume_job
+from jobs.control import (
+    cancel_job,
+    clean_finished_jobs,
+    create_job,
+    pause_job,
+    redispatch_lost_jobs,
+    resume_job,
+)
 from jobs.kinds import Profiling
 from jobs.records import JobStatus
 from jobs.store import JobStore
+from metrics.readings import priority_lists
 from routing import keys
 from routing.queues import WORKLOAD_QUEUES
 from tests.harness import WorkerSet, wait_until
@@ -176,3 +186,79 @@ def test_higher_priority_job_runs_first(workers, producer, rclient):
     assert low_done is not None and high_done is not None
     assert high_done.status == JobStatus.COMPLETED
     assert high_done.finished_at < low_done.finished_at  # type: ignore[operator]
+
+
+def queue_depth(rclient: Any, queue: str) -> int:
+    return sum(rclient.llen(name) for _, name in priority_lists(queue))
+
+
+def take_message(rclient: Any, queue: str, task_id: str) -> tuple[str, str]:
+    """Remove task ``task_id``'s message from ``queue``: ``(sub-list, raw envelope)``."""
+    for _, name in priority_lists(queue):
+        for raw in rclient.lrange(name, 0, -1):
+            if json.loads(raw)["headers"]["id"] == task_id:
+                assert rclient.lrem(name, 1, raw) == 1
+                return name, raw
+    raise AssertionError(f"no message {task_id} in {queue}")
+
+
+def test_queued_job_whose_message_was_lost_is_dispatched_again(workers, producer, rclient):
+    """Breaks if a queued job whose message vanished (a worker killed between kombu's BRPOP and
+    its unacked write; Redis losing the write) stays queued forever, if the pass misses a
+    message in a priority sub-list, or if the re-sent job does not run exactly once."""
+    workers.env.update(SHARD_COUNT="1", WORK_LEASE_S="60")
+    store = JobStore(rclient, ttl_s=3600)
+    # No workload worker yet: the job waits, then its message is lost as a killed take loses
+    # it. Priority 5 puts it in kombu's sub-list profiling:3, not in the queue's own list.
+    job = create_job(store, producer, kind="profiling", owner="alice", priority=5,
+                     params={"rows": 30, "seed": 4})
+    sub_list, _ = take_message(rclient, "profiling", job.dispatch_id)
+    assert sub_list != "profiling" and queue_depth(rclient, "profiling") == 0
+    assert redispatch_lost_jobs(store, producer, grace_s=0) == [job.id]
+    resent = store.get(job.id)
+    assert resent is not None and resent.status == JobStatus.QUEUED
+    assert resent.dispatch_id not in ("", job.dispatch_id)
+    assert queue_depth(rclient, "profiling") == 1
+    # A worker starting now runs its own maintenance pass (WORK_LEASE_S=60: nothing is due).
+    start_workload(workers, producer)
+    wait_until(lambda: status_of(store, job.id) == JobStatus.COMPLETED, 60, what="completed")
+    record = store.get(job.id)
+    assert record is not None and record.runs == 1
+    assert record.result == reference_profile(30, 4)
+    assert store.processed(job.id) == [f"row-{i}" for i in range(30)]
+
+
+def test_only_a_lost_queued_job_is_dispatched_again(producer, rclient):
+    """Breaks if the pass re-sends a job whose message still waits in its queue or is reserved
+    by a worker (kombu's unacked record), a paused or cancelled one, or one whose message was
+    sent less than the grace period ago."""
+    store = JobStore(rclient, ttl_s=3600)
+
+    def create(kind: str, priority: int) -> Any:
+        params = {"rows": 10} if kind == "profiling" else {"prompts": ["q"]}
+        return create_job(store, producer, kind=kind, owner="alice", priority=priority,
+                          params=params)
+
+    waiting = create("profiling", 0)
+    reserved = create("llm", 9)
+    _, raw = take_message(rclient, "llm", reserved.dispatch_id)
+    # What kombu writes when a worker takes a message: tag -> [envelope, exchange, routing key].
+    rclient.hset(keys.KOMBU_UNACKED, "tag-1", json.dumps([json.loads(raw), "", "llm"]))
+    paused = create("profiling", 3)
+    pause_job(store, paused.id, "alice")
+    cancelled = create("llm", 0)
+    cancel_job(store, producer, cancelled.id, "alice", grace_s=30)
+    lost = create("profiling", 6)
+    for job in (paused, cancelled, lost):
+        take_message(rclient, "profiling" if job.kind == "profiling" else "llm", job.dispatch_id)
+    depths = {q: queue_depth(rclient, q) for q in ("profiling", "llm")}
+    assert depths == {"profiling": 1, "llm": 0}
+
+    assert redispatch_lost_jobs(store, producer, grace_s=3600) == []
+    assert redispatch_lost_jobs(store, producer, grace_s=0) == [lost.id]
+    assert {q: queue_depth(rclient, q) for q in depths} == {"profiling": 2, "llm": 0}
+    for job in (waiting, reserved, paused, cancelled):
+        after = store.get(job.id)
+        assert after is not None and after.dispatch_id == job.dispatch_id, job.id
+    assert status_of(store, paused.id) == JobStatus.PAUSED
+    assert status_of(store, cancelled.id) == JobStatus.CANCELLED
