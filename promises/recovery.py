@@ -25,8 +25,9 @@ def recover_promises(service: PromiseService, *, lease_s: float, node: str | Non
     - pending with every parent completed (the dispatcher died after the parent's commit),
       or with a broken parent (the cascade was interrupted): advanced now;
     - running, held by ``node`` under another boot id (that worker restarted) or silent for
-      ``lease_s`` (dispatched into a lost task, or its worker died): re-dispatched as
-      attempt N+1, which fences the old attempt off;
+      ``lease_s`` (dispatched into a lost task, or its worker died; a live run heartbeats
+      every third of the lease, however long its work): re-dispatched as attempt N+1,
+      which fences the old attempt off;
     - final but never notified: notified (a fixed task id makes a repeat harmless).
     """
     now = time.time()

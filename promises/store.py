@@ -132,6 +132,13 @@ class PromiseStore:
         return self._update(promise_id, {"status": "running", "attempt": attempt},
                             holder=holder, started_at=time.time())
 
+    def touch(self, promise_id: str, attempt: int) -> bool:
+        """A run's heartbeat: fresh ``updated_at``, so recovery does not think it lost.
+
+        False once ``attempt`` is no longer the running dispatch (superseded, final, cancelled).
+        """
+        return self._update(promise_id, {"status": "running", "attempt": attempt})
+
     def count_retry(self, promise_id: str, attempt: int) -> bool:
         with Session(self.engine) as session, session.begin():
             result = session.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Task
 
+import celeryconfig
 from promises.runtime import promise_service, run_promise
 from promises.service import RUN_PROMISE
 from services.registry import services
@@ -22,4 +23,5 @@ def run_promise_task(self: Task, promise_id: str, attempt: int) -> str:
 
     return run_promise(promise_service(app), promise_id, attempt,
                        holder=lease_holder(self.request.hostname, self.request.id), ask=ask,
-                       runlog=registry.get("redis"))
+                       runlog=registry.get("redis"),
+                       heartbeat_s=celeryconfig.settings.work_lease_s / 3)

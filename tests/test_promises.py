@@ -36,12 +36,12 @@ def service(database_url: str, producer: Any) -> Iterator[PromiseService]:  # no
     yield PromiseService(PromiseStore(engine), producer, max_attempts=2)
 
 
-def start_all(workers: WorkerSet, producer: Any, database_url: str) -> None:  # noqa: F811
-    # A promise run sends no heartbeat: a maintenance pass re-dispatches (and fences off) any
-    # run older than WORK_LEASE_S. The lease must outlive the longest run here (6 s) with room
-    # for a loaded machine, or a healthy run would be superseded again and again.
+def start_all(workers: WorkerSet, producer: Any, database_url: str,  # noqa: F811
+              lease_s: float = 15) -> None:
+    # A maintenance pass re-dispatches (and fences off) a running promise silent for
+    # WORK_LEASE_S; a live run heartbeats every third of it, however long its work.
     workers.env.update(DATABASE_URL=database_url, SHARD_COUNT="1", PROMISE_MAX_ATTEMPTS="2",
-                       WORK_LEASE_S="15", MAINTENANCE_INTERVAL_S="1")
+                       WORK_LEASE_S=str(lease_s), MAINTENANCE_INTERVAL_S="1")
     workers.start_shard(0)
     workers.start_celery("workloads", "-Q", ",".join(WORKLOAD_QUEUES), "-c", "2",
                          "--prefetch-multiplier", "1")
@@ -172,6 +172,47 @@ def _celery() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "celery", "-A", "tasks"]
+
+
+def _stale_running(service: PromiseService, promise_id: str) -> None:
+    """A running promise whose run went silent long ago: the next recovery pass re-runs it."""
+    long_ago = time.time() - 3600
+    service.store.insert(
+        [PromiseRow(id=promise_id, owner="alice", user_id=USER, description=promise_id,
+                    type="echo", params='{"text": "canary"}', status="running", attempt=1,
+                    retries=0, created_at=long_ago, updated_at=long_ago)], [])
+
+
+def test_a_run_longer_than_the_lease_heartbeats_and_runs_once(service, workers, producer,
+                                                              rclient, database_url):  # noqa: F811
+    """Breaks if a healthy run whose work outlasts WORK_LEASE_S is re-dispatched by beat's
+    recovery pass (no heartbeat while the work runs): its work would run twice, and the first
+    attempt's result be thrown away."""
+    lease_s = 3.0
+    start_all(workers, producer, database_url, lease_s=lease_s)
+    workers.start("beat", [*_celery(), "beat", "-s", str(workers.log_dir / "beat-schedule")])
+    service.create([PromiseSpec(USER, "sum", "long", {"value": 7, "delay_ms": 8000},
+                                id="long")], owner="alice")
+    wait_until(lambda: "long" in _started(rclient), 30, what="long started")
+    started_at = service.store.get("long").started_at or 0.0  # type: ignore[union-attr]
+    # Once "long" has run past its lease, a stale canary shows that beat's pass still runs:
+    # the pass that re-runs the canary would have re-dispatched a silent "long" too.
+    wait_until(lambda: time.time() - started_at > 1.5 * lease_s, 30,
+               what="long's run to outlast its lease")
+    _stale_running(service, "canary")
+    # A second start of "long" ends the wait too: without a heartbeat every attempt outlasts
+    # the lease and is superseded in turn, so "long" would never finish.
+    wait_until(lambda: (all_final(service, ["long", "canary"])
+                        or _started(rclient).count("long") > 1), 90,
+               what="long and canary final, or long started again")
+    long, canary = service.store.get("long"), service.store.get("canary")
+    assert long is not None and canary is not None
+    runs = [(f["event"], f["attempt"]) for _, f in rclient.xrange(keys.PROMISE_RUNS)
+            if f["promise"] == "long"]
+    assert runs == [("started", "1"), ("worked", "1"), ("recorded", "1")]
+    assert (long.status, long.result, long.attempt) == (PromiseStatus.COMPLETED, 7, 1)
+    assert (canary.status, canary.attempt) == (PromiseStatus.COMPLETED, 2)
+    assert (canary.finished_at or 0) < (long.finished_at or 0), "no pass ran while long ran"
 
 
 def test_promises_committed_by_a_dead_api_are_dispatched_at_worker_start(service, workers,
