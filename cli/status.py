@@ -20,11 +20,11 @@ import celeryconfig
 from metrics.readings import (
     DeploymentReading,
     deployment_breakers,
-    priority_lists,
     read_deployment,
     read_rates,
 )
 from metrics.schema import RATE_WINDOW_S
+from routing.kombu_lists import priority_lists
 from services.breaker import BreakerState
 from services.redis_client import connect
 

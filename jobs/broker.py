@@ -1,7 +1,7 @@
 """Which job messages the broker still holds: waiting in a queue or reserved by a worker.
 
 kombu's Redis transport keeps a queue as one list per priority step (the queue's own name for
-step 0, ``queue + sep + step`` for the others: ``metrics.readings.priority_lists``) and a
+step 0, ``queue + sep + step`` for the others: ``routing.kombu_lists``) and a
 message a worker has taken, until it is acked, in its ``unacked`` hash (delivery tag -> JSON
 ``[envelope, exchange, routing_key]``). Every one of these keys carries the transport's
 ``global_keyprefix``. A stored envelope names its task in ``headers.id``.
@@ -20,14 +20,8 @@ from typing import Any
 
 import redis
 
-import celeryconfig
-from metrics.readings import priority_lists
 from routing import keys
-
-
-def _key_prefix() -> str:
-    options: dict[str, Any] = celeryconfig.broker_transport_options
-    return str(options.get("global_keyprefix", ""))
+from routing.kombu_lists import key_prefix, priority_lists
 
 
 def _envelope_id(envelope: Any) -> str:
@@ -53,7 +47,7 @@ def _reserved_id(entry: str | bytes) -> str:
 
 def held_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     """Task ids waiting in ``queues`` (every priority sub-list) or unacked, in one round trip."""
-    prefix = _key_prefix()
+    prefix = key_prefix()
     lists = [prefix + name for queue in queues for _, name in priority_lists(queue)]
     with client.pipeline(transaction=True) as pipe:
         for name in lists:

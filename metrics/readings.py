@@ -26,31 +26,15 @@ from typing import Any
 
 import redis
 
-import celeryconfig
 from metrics.schema import COUNT, DURATION_BUCKETS, RATE_WINDOW_S, SUM, labels_of
 from routing import keys
 from routing.envelope import PUBLISHED_AT_HEADER
+from routing.kombu_lists import priority_lists
 from routing.queues import WORKLOAD_QUEUES, shard_queue
 from routing.replies import text_map
 from routing.shardmap import ShardMap, epoch_counts, read_shard_map
 from services.breaker import AI_BREAKER, BreakerStatus, CircuitBreaker
 from services.lease import LeaseHolder, parse_lease
-
-# kombu's defaults (kombu.transport.redis.Channel) when celeryconfig does not set them.
-_KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
-_KOMBU_SEP = "\x06\x16"
-
-
-def priority_lists(queue: str) -> list[tuple[int, str]]:
-    """``(priority step, Redis list)`` of each of kombu's sub-lists of ``queue``.
-
-    Step 0 is the queue's own name, step n is ``queue + sep + n`` (kombu's
-    ``Channel._q_for_pri``), with the steps and separator of celeryconfig's transport options.
-    """
-    options: dict[str, Any] = celeryconfig.broker_transport_options
-    steps: list[int] = list(options.get("priority_steps", _KOMBU_PRIORITY_STEPS))
-    sep = str(options.get("sep", _KOMBU_SEP))
-    return [(step, f"{queue}{sep}{step}" if step else queue) for step in steps]
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from jobs.control import (
 from jobs.kinds import Profiling
 from jobs.records import JobStatus
 from jobs.store import JobStore
-from metrics.readings import priority_lists
 from routing import keys
+from routing.kombu_lists import priority_lists
 from routing.queues import WORKLOAD_QUEUES
 from tests.harness import WorkerSet, wait_until
 
