@@ -79,9 +79,13 @@ class ChatMessage:
 def validate(message: ChatMessage, max_text_bytes: int) -> None:
     """Raise before publishing when ``message`` could not be answered."""
     canonical_user_id(message.user_id)
-    if not isinstance(message.text, str):
-        raise InvalidDispatch(f"text must be a str, got {type(message.text).__name__}")
-    size = len(message.text.encode("utf-8"))
+    _check_text(message.text, max_text_bytes)
+
+
+def _check_text(text: object, max_text_bytes: int) -> None:
+    if not isinstance(text, str):
+        raise InvalidDispatch(f"text must be a str, got {type(text).__name__}")
+    size = len(text.encode("utf-8"))
     if size > max_text_bytes:
         raise InvalidDispatch(f"text is {size} bytes, over the limit of {max_text_bytes} bytes")
 
@@ -103,6 +107,10 @@ class DispatchResult:
     duplicate: bool = False
     #: The user's sequence number given to this message (``None`` for a duplicate).
     seq: int | None = None
+
+    @classmethod
+    def of(cls, published: Published) -> DispatchResult:
+        return cls(published.task_id, duplicate=published.seq is None, seq=published.seq)
 
 
 #: Errors that mean "the broker is unreachable right now": retried within the budget.
@@ -241,7 +249,7 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
 
     published = with_publish_retry(app, f"publish {len(batch)} message(s)",
                                    lambda: _publish_routed(app, route))
-    return [DispatchResult(p.task_id, duplicate=p.seq is None, seq=p.seq) for p in published]
+    return [DispatchResult.of(p) for p in published]
 
 
 def send(app: Celery, message: ChatMessage) -> DispatchResult:
@@ -259,14 +267,12 @@ def send_ordered(app: Celery, name: str, args: tuple[Any, ...] | list[Any],
     if name not in ORDERED_TASKS:
         raise InvalidDispatch(f"{name} is not an ordered task")
     text = args[1] if len(args) > 1 else kwargs.get("text")
-    if isinstance(text, str):
-        validate(ChatMessage(canonical_user_id(user_id_of(args, kwargs)), text), max_text_bytes())
+    if text is not None:  # the user id is checked as the message is routed (_outgoing)
+        _check_text(text, max_text_bytes())
     message_id = kwargs.get("message_id")
-    published = _publish_one(app, name, args, kwargs, task_id=task_id or uuid(),
-                             headers=headers, numbered=True,
-                             message_id=None if message_id is None else str(message_id))
-    return DispatchResult(published.task_id, duplicate=published.seq is None,
-                          seq=published.seq)
+    return DispatchResult.of(_publish_one(
+        app, name, args, kwargs, task_id=task_id or uuid(), headers=headers, numbered=True,
+        message_id=None if message_id is None else str(message_id)))
 
 
 def publish_task(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], *,

@@ -38,11 +38,11 @@ from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
 
-#: apply_async options the ordered publish has no use for: the connection and producer (it
-#: publishes on its own client), Celery's publish retry (it retries for PUBLISH_RETRY_S), the
-#: serializer (JSON is the only one accepted) and headers (passed on).
-_IGNORED_PUBLISH_OPTIONS = frozenset({"connection", "retry", "retry_policy", "serializer",
-                                      "headers"})
+#: apply_async options the ordered publish accepts: headers (passed on), and those it has no
+#: use for: the connection (it publishes on its own client, as it ignores ``producer``),
+#: Celery's publish retry (it retries for PUBLISH_RETRY_S) and the serializer (JSON only).
+_ACCEPTED_PUBLISH_OPTIONS = frozenset({"headers", "connection", "retry", "retry_policy",
+                                       "serializer"})
 
 #: Failures that another attempt cannot fix: parked at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (InvalidUserId, InvalidDispatch, TypeError)
@@ -76,7 +76,7 @@ class OrderedTask(Task):
                                        shadow, **options)
         given = {"link": link, "link_error": link_error, "shadow": shadow, **options}
         unsupported = sorted(k for k, v in given.items()
-                             if v is not None and k not in _IGNORED_PUBLISH_OPTIONS)
+                             if v is not None and k not in _ACCEPTED_PUBLISH_OPTIONS)
         if unsupported:
             raise InvalidDispatch(
                 f"{self.name} cannot be sent with {', '.join(unsupported)}: ordered tasks are "
