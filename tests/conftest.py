@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import redis
+# The suite's deployments have 4 shards unless a test says otherwise (the default, 64, is for
+# real deployments); set before anything reads celeryconfig, workers inherit it.
+os.environ.setdefault("SHARD_COUNT", "4")
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
 
 from deploy.embedded_redis import EmbeddedRedis
 from tests.harness import WorkerSet, producer_for

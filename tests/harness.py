@@ -21,8 +21,8 @@ import redis
 from celery import Celery
 
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
-from deploy.shards import shard_worker_argv
 from routing.queues import shard_queue
+from shardhost.launcher import shard_worker_argv
 
 
 def producer_for(url: str, **conf: Any) -> Celery:
