@@ -6,7 +6,7 @@ Every message is routed by the router's rules (``routing.router``) and checked b
 anything is sent. A message with a ``message_id`` is published at most once per user within
 ``DEDUP_WINDOW_S``; each published message gets the user's next sequence number
 (``routing.publish``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
-then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (ORDERING.md).
+then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (docs/ordering.md).
 
 Messages are routed with the deployment's shard map (``routing.shardmap``) as read from the
 app's Redis, and the publish script refuses a batch routed under an epoch that is no longer

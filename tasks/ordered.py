@@ -2,7 +2,7 @@
 
 A shard runs one message at a time, so whatever this base does happens before the user's next
 message starts. It must never call ``Task.retry()``, ``reject(requeue=True)`` or set an ETA:
-each of those puts the message behind the user's later ones (ORDERING.md).
+each of those puts the message behind the user's later ones (docs/ordering.md).
 
 With ``ORDERED_ON_FAILURE=hold`` a parked message holds its user's later ordered messages
 (``services.hold``); this base holds them, and runs them in order once the parked one is
