@@ -14,6 +14,8 @@ from pathlib import Path
 from kombu import Queue
 
 from routing.queues import DEFAULT_QUEUE, WORKLOAD_QUEUES
+from routing.redis_url import broker_url as kombu_broker_url
+from routing.redis_url import is_sentinel, sentinel_kwargs
 
 
 def _int(name: str, default: int) -> int:
@@ -204,6 +206,17 @@ class Settings:
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
+    # ---- production Redis: Sentinel and replication (issue 12) ----
+    #: The master a ``sentinel://`` REDIS_URL asks the sentinels for (REDIS_SENTINEL_MASTER).
+    redis_sentinel_master: str
+    #: The sentinels' own login, if they require one (the master's is in REDIS_URL).
+    redis_sentinel_username: str
+    redis_sentinel_password: str
+    #: Replicas that must hold a publish and a reply commit before either counts as done
+    #: (``WAIT``); 0 does not wait: a failover may then lose acknowledged writes.
+    redis_wait_replicas: int
+    #: Milliseconds one WAIT may block; fewer replicas by then fails the publish or commit.
+    redis_wait_timeout_ms: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -275,6 +288,11 @@ class Settings:
             shard_host_slot=_at_least("SHARD_HOST_SLOT", 0, 0),
             metrics_host=_str("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9808),
+            redis_sentinel_master=_str("REDIS_SENTINEL_MASTER", "mymaster"),
+            redis_sentinel_username=_str("REDIS_SENTINEL_USERNAME", ""),
+            redis_sentinel_password=_str("REDIS_SENTINEL_PASSWORD", ""),
+            redis_wait_replicas=_at_least("REDIS_WAIT_REPLICAS", 0, 0),
+            redis_wait_timeout_ms=_at_least("REDIS_WAIT_TIMEOUT_MS", 1000, 1),
         )
 
 
@@ -285,7 +303,7 @@ settings = Settings.from_env()
 NO_REDIS_CONFIGURED = "redis://set-REDIS_URL-or-run-shardline-run.invalid:6379/0"
 
 # ---- Celery settings -------------------------------------------------------------------
-broker_url = settings.redis_url or NO_REDIS_CONFIGURED
+broker_url = kombu_broker_url(settings.redis_url or NO_REDIS_CONFIGURED)
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # Longer than any task may run (TASK_TIME_LIMIT_S), so a healthy task is never
@@ -297,6 +315,10 @@ broker_transport_options = {
     "sep": ":",
     "queue_order_strategy": "priority",
 }
+if is_sentinel(broker_url):
+    # kombu's sentinel transport: it asks these sentinels for this master on every connect.
+    broker_transport_options["master_name"] = settings.redis_sentinel_master
+    broker_transport_options["sentinel_kwargs"] = sentinel_kwargs(settings)
 
 task_serializer = "json"
 result_serializer = "json"

@@ -22,6 +22,7 @@ from promises.runtime import promise_service
 from promises.service import PromiseService
 from routing import keys, producer_app
 from routing.dispatch import max_text_bytes
+from routing.redis_url import broker_url
 from services.redis_client import connect
 
 log = logging.getLogger("shardline.api")
@@ -41,7 +42,7 @@ class ApiState:
         if not settings.redis_url:
             raise RuntimeError("no Redis: set REDIS_URL or start the service with shardline run")
         app = producer_app("shardline-api")
-        app.conf.broker_url = settings.redis_url
+        app.conf.broker_url = broker_url(settings.redis_url)
         client = connect(settings.redis_url)
         return cls(settings=settings, producer=app, redis=client,
                    jobs=JobStore(client, ttl_s=settings.job_ttl_s),

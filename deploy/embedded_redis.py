@@ -39,10 +39,12 @@ def free_port() -> int:
 
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, *, port: int | None = None,
-                 appendfsync: str = "everysec") -> None:
+                 appendfsync: str = "everysec", extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        #: More ``redis-server`` options, e.g. ``("--replicaof", host, port)``.
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +57,8 @@ class EmbeddedRedis:
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.data_dir), "--appendonly", "yes",
              "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
-             "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")],
+             "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log"),
+             *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)

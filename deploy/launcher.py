@@ -15,11 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from deploy.embedded_redis import EmbeddedRedis
 from routing import keys
 from routing.queues import SHARD_HOST_QUEUE, shard_of_queue
+from routing.redis_url import client_for
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -120,7 +119,7 @@ def _leased_shard_queues(app: Any, queues: set[str]) -> set[str]:
     shards = {q: s for q in queues if (s := shard_of_queue(q)) is not None}
     if not shards:
         return set()
-    client = redis.Redis.from_url(app.conf.broker_url)
+    client = client_for(str(app.conf.broker_url))
     try:
         held = [client.exists(keys.shard_lease(s)) for s in shards.values()]
     finally:

@@ -36,6 +36,7 @@ from routing.errors import InvalidDispatch, PublishFailed
 from routing.hashing import shard_for
 from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
 from routing.queues import ORDERED_TASKS, SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, shard_queue
+from routing.redis_url import client_for
 from routing.router import ShardRouter, user_id_of
 from routing.shardmap import ShardMap, ShardMapCache
 from routing.userid import canonical_user_id
@@ -180,7 +181,7 @@ def _publisher(app: Celery) -> _Publisher:
     publisher = _publishers.get(app)
     if publisher is None:
         settings = celeryconfig.settings
-        client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=10,
+        client = client_for(str(app.conf.broker_url), socket_timeout=10,
                                       socket_connect_timeout=2)
         publisher = _Publisher(
             EnvelopeBuilder(app), PublishScript(client, settings.dedup_window_s),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from routing import keys
+from routing.redis_url import client_for
 from routing.replies import as_text
 
 
@@ -93,7 +94,7 @@ def cache_for(url: str) -> ShardMapCache:
     with _caches_lock:
         cache = _caches.get(url)
         if cache is None:
-            client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+            client = client_for(url, socket_timeout=10, socket_connect_timeout=2)
             settings = celeryconfig.settings
             cache = ShardMapCache(client, settings.shard_count, settings.shard_map_refresh_s)
             _caches[url] = cache

@@ -6,10 +6,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from routing.redis_url import client_for
+
 
 def connect(url: str) -> redis.Redis:
     """A client with bounded timeouts that retries a dropped connection a few times."""
-    return redis.Redis.from_url(
+    return client_for(
         url,
         decode_responses=True,
         socket_timeout=30,

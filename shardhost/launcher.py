@@ -32,6 +32,7 @@ import redis
 
 import celeryconfig
 from routing.queues import SHARD_HOST_QUEUE, shard_queue
+from routing.redis_url import client_for
 from shardhost.follower import ShardMapFollower
 
 #: Seconds a worker gets to finish its task after SIGTERM before it is killed.
@@ -181,7 +182,7 @@ def main() -> int:
         # SHARD_RANGE left at every shard follows the map's count; an explicit one is fixed.
         whole = settings.shard_range == tuple(range(settings.shard_count))
         follower = ShardMapFollower(
-            redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2),
+            client_for(settings.redis_url, socket_timeout=5, socket_connect_timeout=2),
             settings.shard_count, None if whole else frozenset(settings.shard_range))
     return ShardProcesses(settings.shard_range, settings.log_level, follower,
                           settings.shard_map_refresh_s).run()

@@ -34,6 +34,7 @@ from celery.worker import state as worker_state
 
 import celeryconfig
 from routing.queues import shard_of_queue
+from routing.redis_url import client_for
 from services.conversation import Fence
 from shardhost.lease import ShardLease
 from shardhost.stranded import LeaseNotHeld, restore_stranded
@@ -47,7 +48,7 @@ EXIT_LEASE_LOST = 75
 def lease_client(url: str, ttl_s: float) -> redis.Redis:
     """A client whose every call fails fast, so a stalled Redis cannot hold the heartbeat."""
     timeout = max(min(ttl_s / 10, 2.0), 0.2)
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+    return client_for(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                 decode_responses=True)
 
 

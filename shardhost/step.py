@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import bootsteps
 
 import celeryconfig
 from routing.queues import SHARD_HOST_QUEUE
+from routing.redis_url import client_for
 from shardhost.follower import ShardMapFollower
 from shardhost.host import WAIT_S, ShardHost
 
@@ -41,8 +41,8 @@ class ShardHostStep(bootsteps.StartStopStep):
         # Leases fail fast (a stalled Redis must not hold the renewals past the TTL); takes,
         # waits and acks block for up to WAIT_S. Both keep raw bytes: an item need not be UTF-8.
         timeout = max(min(ttl / 10, 2.0), 0.2)
-        leases = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        queues = redis.Redis.from_url(url, socket_timeout=WAIT_S + 5, socket_connect_timeout=5)
+        leases = client_for(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        queues = client_for(url, socket_timeout=WAIT_S + 5, socket_connect_timeout=5)
         whole = settings.shard_range == tuple(range(settings.shard_count))
         follower = ShardMapFollower(
             leases, settings.shard_count, None if whole else frozenset(settings.shard_range),

@@ -45,6 +45,7 @@ from kombu.utils.json import loads as kombu_loads
 from metrics.schema import UNKNOWN
 from routing import keys
 from routing.queues import shard_of_queue
+from routing.redis_url import is_sentinel
 from routing.replies import as_text
 from services.deadletter import DeadLetter
 from services.registry import services
@@ -282,3 +283,17 @@ class GuardedChannel(kombu_redis.Channel):
 
 class GuardedTransport(kombu_redis.Transport):
     Channel = GuardedChannel
+
+
+class GuardedSentinelChannel(GuardedChannel, kombu_redis.SentinelChannel):
+    """The same channel on kombu's sentinel transport (a ``sentinel://`` REDIS_URL): its
+    connections ask the sentinels for the master, so a worker follows a failover."""
+
+
+class GuardedSentinelTransport(kombu_redis.SentinelTransport):
+    Channel = GuardedSentinelChannel
+
+
+def guarded_transport(broker_url: str) -> type[kombu_redis.Transport]:
+    """The guarded transport for ``broker_url``'s scheme."""
+    return GuardedSentinelTransport if is_sentinel(broker_url) else GuardedTransport

@@ -24,7 +24,7 @@ from routing.router import user_id_of
 from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
 from services.registry import services
-from shardhost.transport import GuardedTransport
+from shardhost.transport import guarded_transport
 from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ class ShardlineConsumer(Consumer):
 
     def connection_for_read(self, heartbeat: Any = None) -> Any:
         return self.ensure_connected(
-            self.app.connection_for_read(heartbeat=heartbeat, transport=GuardedTransport))
+            self.app.connection_for_read(heartbeat=heartbeat,
+                                       transport=guarded_transport(str(self.app.conf.broker_url))))
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
