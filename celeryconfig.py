@@ -15,7 +15,7 @@ from kombu import Queue
 
 from routing.queues import DEFAULT_QUEUE, WORKLOAD_QUEUES
 from routing.redis_url import broker_url as kombu_broker_url
-from routing.redis_url import is_sentinel, sentinel_kwargs
+from routing.redis_url import sentinel_kwargs
 
 
 def _int(name: str, default: int) -> int:
@@ -314,11 +314,11 @@ broker_transport_options = {
     "priority_steps": [0, 3, 6, 9],
     "sep": ":",
     "queue_order_strategy": "priority",
+    # kombu's sentinel transport (a sentinel:// broker URL) asks the sentinels for this master
+    # on every connect; the plain Redis transport ignores both.
+    "master_name": settings.redis_sentinel_master,
+    "sentinel_kwargs": sentinel_kwargs(settings),
 }
-if is_sentinel(broker_url):
-    # kombu's sentinel transport: it asks these sentinels for this master on every connect.
-    broker_transport_options["master_name"] = settings.redis_sentinel_master
-    broker_transport_options["sentinel_kwargs"] = sentinel_kwargs(settings)
 
 task_serializer = "json"
 result_serializer = "json"

@@ -184,7 +184,10 @@ def _publisher(app: Celery) -> _Publisher:
         client = client_for(str(app.conf.broker_url), socket_timeout=10,
                                       socket_connect_timeout=2)
         publisher = _Publisher(
-            EnvelopeBuilder(app), PublishScript(client, settings.dedup_window_s),
+            EnvelopeBuilder(app),
+            PublishScript(client, settings.dedup_window_s,
+                          wait_replicas=settings.redis_wait_replicas,
+                          wait_timeout_ms=settings.redis_wait_timeout_ms),
             # Never expires: the publish script says when it is stale (see _publish_routed).
             ShardMapCache(client, settings.shard_count, refresh_s=math.inf))
         _publishers[app] = publisher

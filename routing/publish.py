@@ -28,6 +28,7 @@ import redis
 
 from routing import keys
 from routing.envelope import SEQ_PLACEHOLDER
+from routing.replication import replicated
 from routing.replies import as_text
 
 # KEYS: [1] seq hash, [2] duplicates counter, [3] shard map, [4] stale-epoch counter,
@@ -112,9 +113,15 @@ class Published:
 class PublishScript:
     """The publish script registered on one Redis client (EVALSHA, EVAL on NOSCRIPT)."""
 
-    def __init__(self, client: redis.Redis, dedup_window_s: int) -> None:
+    def __init__(self, client: redis.Redis, dedup_window_s: int, *, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self.redis = client
         self.dedup_window_s = dedup_window_s
+        #: REDIS_WAIT_REPLICAS: a batch counts as published once this many replicas hold it;
+        #: otherwise ``routing.replication.NotReplicated`` (the caller retries: message ids
+        #: and task ids make the retry harmless).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._script = client.register_script(_PUBLISH)
 
     def __call__(self, batch: list[Outgoing], epoch: int | None = None) -> list[Published]:
@@ -129,7 +136,12 @@ class PublishScript:
         for out in batch:
             script_keys += [out.queue, out.claim_key or ""]
             args += [out.user, out.task_id, out.envelope]
-        replies = self._script(keys=script_keys, args=args)
+        if self.wait_replicas:
+            replies = replicated(
+                self.redis, lambda pipe: self._script(keys=script_keys, args=args, client=pipe),
+                self.wait_replicas, self.wait_timeout_ms)
+        else:
+            replies = self._script(keys=script_keys, args=args)
         if isinstance(replies, (bytes, str)):
             _, current, count = as_text(replies).split(":")
             raise StaleEpoch(-1 if epoch is None else epoch, int(current),

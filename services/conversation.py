@@ -20,14 +20,17 @@ from typing import Any
 import redis
 
 from routing import keys
+from routing.replication import NotReplicated, replicated
 from services.ai.base import Turn
 
 # KEYS: done, history, outbox, feed, shard lease ('' when not fenced)
 # ARGV: done_ttl_s, history_limit, user, turns_json, entry_json, lease owner token
 # Returns the outbox entry id, false (already done) or 0 (fenced: the lease is not ours).
+# An existing done-marker is written again (its TTL renewed): a commit retried because it was
+# not replicated in time then has a write of its own for WAIT to count (routing.replication).
 _COMMIT = """
 if KEYS[5] ~= '' and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[6] then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) == 1 then return false end
 for _, turn in ipairs(cjson.decode(ARGV[4])) do
   redis.call('RPUSH', KEYS[2], cjson.encode(turn))
 end
@@ -41,6 +44,11 @@ redis.call('XADD', KEYS[4], '*', 'user', ARGV[3], 'id', id)
 redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
 return id
 """
+
+
+#: Seconds a commit keeps trying to reach REDIS_WAIT_REPLICAS replicas: longer than Sentinel
+#: takes to demote an old master (it waits about 8 s after the promotion) and to elect again.
+REPLICATION_BUDGET_S = 60.0
 
 
 class Fenced(Exception):
@@ -58,10 +66,15 @@ class Fence:
 class ConversationStore:
     """Per-user history (capped list) and outbox (stream), in Redis."""
 
-    def __init__(self, client: redis.Redis, *, history_limit: int, done_ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, history_limit: int, done_ttl_s: int,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.redis = client
         self.history_limit = history_limit
         self.done_ttl_s = done_ttl_s
+        #: REDIS_WAIT_REPLICAS: a commit returns only once this many replicas hold it, so the
+        #: message is acked only after its done-marker survives a failover.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._commit = client.register_script(_COMMIT)
 
     def history(self, user: str) -> list[Turn]:
@@ -82,16 +95,34 @@ class ConversationStore:
         """
         fields = {k: v for k, v in entry.items() if v is not None}
         fields.setdefault("delivered_at", time.time())
-        result = self._commit(
-            keys=[keys.done(task_id), keys.history(user), keys.outbox(user), keys.OUTBOX_FEED,
-                  fence.lease_key if fence else ""],
-            args=[self.done_ttl_s, self.history_limit, user, json.dumps(turns),
-                  json.dumps(fields), fence.token if fence else ""],
-        )
+        script_keys = [keys.done(task_id), keys.history(user), keys.outbox(user),
+                       keys.OUTBOX_FEED, fence.lease_key if fence else ""]
+        args: list[str | int] = [self.done_ttl_s, self.history_limit, user, json.dumps(turns),
+                                 json.dumps(fields), fence.token if fence else ""]
+        if self.wait_replicas:
+            result = self._replicated_commit(script_keys, args)
+        else:
+            result = self._commit(keys=script_keys, args=args)
         if result == 0:
             raise Fenced(f"the shard lease {fence.lease_key if fence else ''} is no longer "
                          f"this worker's: reply to task {task_id} not written")
         return str(result) if result else None
+
+    def _replicated_commit(self, script_keys: list[str], args: list[str | int]) -> Any:
+        """The commit, sent again until enough replicas hold it. A failover is the usual
+        cause: the old master keeps acknowledging until the sentinels demote it (and close
+        its clients); the commit then lands on the new master, where the done-marker says
+        whether it is already there. Gives up (raises) after REPLICATION_BUDGET_S."""
+        deadline = time.monotonic() + REPLICATION_BUDGET_S
+        while True:
+            try:
+                return replicated(self.redis, lambda pipe: self._commit(
+                    keys=script_keys, args=args, client=pipe),
+                    self.wait_replicas, self.wait_timeout_ms)
+            except (NotReplicated, redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def outbox(self, user: str, count: int | None = None) -> list[dict[str, str]]:
         """The user's outbox entries, oldest first, each with its stream ``id``."""

@@ -50,8 +50,9 @@ def _ai(settings: Any, built: dict[str, Any]) -> AIHandler:
 
 def _conversations(settings: Any, built: dict[str, Any]) -> ConversationStore:
     return ConversationStore(
-        built["redis"], history_limit=settings.history_limit, done_ttl_s=settings.dedup_window_s
-    )
+        built["redis"], history_limit=settings.history_limit, done_ttl_s=settings.dedup_window_s,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms)
 
 
 #: Build order matters: later components may use earlier ones (``built``).
