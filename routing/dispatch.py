@@ -217,7 +217,7 @@ def _publish_routed(app: Celery, route: Callable[[EnvelopeBuilder, ShardMap], li
         shard_map = pinned.shard_map() if pinned else publisher.maps.current()
         outgoing = route(publisher.builder, shard_map)
         try:
-            return publisher.script(outgoing, shard_map.epoch)
+            return publisher.script(outgoing, shard_map.epoch, shard_map.count)
         except StaleEpoch as stale:
             if stale.count is None:
                 publisher.maps.refresh()

@@ -32,8 +32,10 @@ from routing.replies import as_text
 
 # KEYS: [1] seq hash, [2] duplicates counter, [3] shard map, [4] stale-epoch counter,
 #       then per message: queue, dedup key ('' if none).
-# ARGV: [1] dedup window (s), [2] seq mark, [3] expected epoch ('' = pinned map, no fence),
-#       then per message: user, task id, envelope.
+# ARGV: [1] dedup window (s), [2] seq mark, [3] the map the batch was routed under as
+#       '<epoch>:<count>' ('' = pinned map, no fence), then per message: user, task id,
+#       envelope. With no map in Redis yet, the first fenced publish writes it (the first
+#       publisher or consumer of a deployment fixes its shard count).
 # Returns per message: the seq number (integer; 0 if the envelope has no seq mark), or the
 # original task id (a duplicate);
 # or, for the whole batch, 'stale-epoch:<epoch now>:<count now>' with nothing enqueued.
@@ -41,11 +43,16 @@ _PUBLISH = """
 local window = tonumber(ARGV[1])
 local mark = ARGV[2]
 if ARGV[3] ~= '' then
+  local want_epoch, want_count = string.match(ARGV[3], '^(%d+):(%d+)$')
   local map = redis.call('HMGET', KEYS[3], 'epoch', 'count')
+  if not map[2] then
+    redis.call('HSET', KEYS[3], 'count', want_count, 'epoch', '0')
+    map = {'0', want_count}
+  end
   local epoch = map[1] or '0'
-  if epoch ~= ARGV[3] then
+  if epoch ~= want_epoch or map[2] ~= want_count then
     redis.call('INCR', KEYS[4])
-    return 'stale-epoch:' .. epoch .. ':' .. (map[2] or '')
+    return 'stale-epoch:' .. epoch .. ':' .. map[2]
   end
 end
 local out = {}
@@ -117,23 +124,25 @@ class PublishScript:
         self.dedup_window_s = dedup_window_s
         self._script = client.register_script(_PUBLISH)
 
-    def __call__(self, batch: list[Outgoing], epoch: int | None = None) -> list[Published]:
-        """Publish ``batch``, routed under shard-map ``epoch`` (``None``: a pinned map, not
-        fenced); raises :class:`StaleEpoch`, having sent nothing, if the map moved on."""
+    def __call__(self, batch: list[Outgoing], epoch: int | None = None,
+                 count: int | None = None) -> list[Published]:
+        """Publish ``batch``, routed under shard-map ``epoch`` with ``count`` shards (epoch
+        ``None``: a pinned map, not fenced); raises :class:`StaleEpoch`, having sent nothing,
+        if the map in Redis is another one (moved on, or a deployment with another count)."""
         if not batch:
             return []
         script_keys: list[str] = [keys.USER_SEQ, keys.DUPLICATES_DROPPED, keys.SHARD_MAP,
                                   keys.STALE_EPOCH_PUBLISHES]
-        args: list[str | int] = [self.dedup_window_s, SEQ_PLACEHOLDER,
-                                 "" if epoch is None else epoch]
+        fence = "" if epoch is None else f"{epoch}:{count}"
+        args: list[str | int] = [self.dedup_window_s, SEQ_PLACEHOLDER, fence]
         for out in batch:
             script_keys += [out.queue, out.claim_key or ""]
             args += [out.user, out.task_id, out.envelope]
         replies = self._script(keys=script_keys, args=args)
         if isinstance(replies, (bytes, str)):
-            _, current, count = as_text(replies).split(":")
+            _, current, now_count = as_text(replies).split(":")
             raise StaleEpoch(-1 if epoch is None else epoch, int(current),
-                             int(count) if count else None)
+                             int(now_count) if now_count else None)
         results = []
         for out, reply in zip(batch, replies, strict=True):
             if isinstance(reply, int):
