@@ -119,8 +119,8 @@ def _check_text(text: object) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate: no worker could store or send it
-        raise InvalidDispatch(f"text must be valid Unicode text, got {exc.object[exc.start:exc.end]!r} "
-                              f"at index {exc.start}") from None
+        raise InvalidDispatch(f"text must be valid Unicode text, got "
+                              f"{exc.object[exc.start:exc.end]!r} at index {exc.start}") from None
 
 
 def max_payload_bytes() -> int:
@@ -215,7 +215,8 @@ def _publisher(app: Celery) -> _Publisher:
         client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=10,
                                       socket_connect_timeout=2)
         publisher = _Publisher(
-            EnvelopeBuilder(app, max_payload_bytes=settings.max_payload_bytes), PublishScript(client, settings.dedup_window_s),
+            EnvelopeBuilder(app, max_payload_bytes=settings.max_payload_bytes),
+            PublishScript(client, settings.dedup_window_s),
             # Never expires: the publish script says when it is stale (see _publish_routed).
             ShardMapCache(client, settings.shard_count, refresh_s=math.inf))
         _publishers[app] = publisher

@@ -34,6 +34,15 @@ def test_producer_refuses_bad_user_ids_before_publishing(producer, rclient, bad)
     assert not [k for k in rclient.keys("shard.*")]
 
 
+def test_producer_refuses_a_text_no_worker_could_store(producer, rclient):
+    """Breaks if a text with a lone surrogate is published (the worker could never write it
+    to Redis) or refused with anything but InvalidDispatch naming it (it was a
+    UnicodeEncodeError from the size check)."""
+    with pytest.raises(InvalidDispatch, match="valid Unicode"):
+        send(producer, ChatMessage("u1", "hi \ud83d"))
+    assert not rclient.keys("shard.*")
+
+
 def _template(producer, rclient) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A real envelope as Celery published it, taken off the queue before any worker runs."""
     send(producer, ChatMessage("template", "hello", extra={"seq": 0}))

@@ -46,9 +46,9 @@ class ReplyDropper:
             server = socket.create_connection(("127.0.0.1", self.upstream_port))
             self._sockets += [client, server]
             doomed = threading.Event()  # this connection's publish reply is to be dropped
-            for target in (lambda: self._requests(client, server, doomed),
-                           lambda: self._replies(server, client, doomed)):
-                thread = threading.Thread(target=target, daemon=True)
+            for pump, src, dst in ((self._requests, client, server),
+                                   (self._replies, server, client)):
+                thread = threading.Thread(target=pump, args=(src, dst, doomed), daemon=True)
                 self._threads.append(thread)
                 thread.start()
 
