@@ -46,13 +46,13 @@ def shard_worker_argv(shard: int, loglevel: str = "INFO") -> list[str]:
             "--without-gossip", "--without-mingle", "-l", loglevel]
 
 
-def host_worker_argv(slot: int, loglevel: str = "INFO") -> list[str]:
+def host_worker_argv(slot: int, loglevel: str = "INFO", node: str | None = None) -> list[str]:
     """The command line of shard host ``slot`` (its environment names the slot: SHARD_HOST_SLOT).
 
     A Celery worker, so remote control, signals and the registry work as for any worker; it
     listens on a queue nothing is published to, and runs its shards on its own threads."""
     return [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo", "-c", "1",
-            "-Q", SHARD_HOST_QUEUE, "-n", f"host-{slot}@%h", "--without-gossip",
+            "-Q", SHARD_HOST_QUEUE, "-n", f"{node or f'host-{slot}'}@%h", "--without-gossip",
             "--without-mingle", "-l", loglevel]
 
 
