@@ -34,6 +34,7 @@ import celeryconfig
 from routing.queues import SHARD_HOST_QUEUE, shard_queue
 from routing.redis_url import client_for
 from shardhost.follower import ShardMapFollower
+from shardhost.solo_lease import adopt_shard_map
 
 #: Seconds a worker gets to finish its task after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
@@ -46,13 +47,13 @@ def shard_worker_argv(shard: int, loglevel: str = "INFO") -> list[str]:
             "--without-gossip", "--without-mingle", "-l", loglevel]
 
 
-def host_worker_argv(slot: int, loglevel: str = "INFO") -> list[str]:
+def host_worker_argv(slot: int, loglevel: str = "INFO", node: str | None = None) -> list[str]:
     """The command line of shard host ``slot`` (its environment names the slot: SHARD_HOST_SLOT).
 
     A Celery worker, so remote control, signals and the registry work as for any worker; it
     listens on a queue nothing is published to, and runs its shards on its own threads."""
     return [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo", "-c", "1",
-            "-Q", SHARD_HOST_QUEUE, "-n", f"host-{slot}@%h", "--without-gossip",
+            "-Q", SHARD_HOST_QUEUE, "-n", f"{node or f'host-{slot}'}@%h", "--without-gossip",
             "--without-mingle", "-l", loglevel]
 
 
@@ -175,6 +176,9 @@ def _say(text: str) -> None:
 def main() -> int:
     settings = celeryconfig.settings
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if settings.redis_url:
+        client = client_for(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        adopt_shard_map(client, settings.shard_count, "the shard runner")
     if settings.shard_runtime == "hosts":
         return HostProcesses(settings.shard_processes, settings.log_level).run()
     follower = None

@@ -77,7 +77,7 @@ class WorkerSet:
     def start_host(self, name: str, shard_range: str, concurrency: int, *, slot: int = 0,
                    hosts: int = 1) -> subprocess.Popen[bytes]:
         """A shard host for ``shard_range`` (host ``slot`` of ``hosts``)."""
-        return self.start(name, host_worker_argv(slot, "INFO"), SHARD_RANGE=shard_range,
+        return self.start(name, host_worker_argv(slot, "INFO", node=name), SHARD_RANGE=shard_range,
                           SHARD_CONCURRENCY=str(concurrency), SHARD_HOST_SLOT=str(slot),
                           SHARD_PROCESSES=str(hosts))
 
