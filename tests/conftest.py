@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import redis  # noqa: E402
 
 from deploy.embedded_redis import EmbeddedRedis
+from deploy.sentinel_group import SentinelGroup
 from tests.harness import WorkerSet, producer_for
 
 
@@ -24,6 +25,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A master, a replica and three sentinels of the module's own (``deploy.sentinel_group``)."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+    group.start()
+    yield group
+    group.stop()
 
 
 @pytest.fixture

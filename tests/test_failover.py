@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,8 @@ LEASE_TTL_S = 30
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    servers = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
-    servers.start()
-    yield servers
-    servers.stop()
+def group(sentinel_group: SentinelGroup) -> SentinelGroup:
+    return sentinel_group
 
 
 @dataclass
