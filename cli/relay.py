@@ -44,7 +44,9 @@ def relay(block_ms: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     client = connect(settings.redis_url)
-    worker = TelegramRelay(client, settings.telegram_bot_token, settings.telegram_api_base)
+    worker = TelegramRelay(client, settings.telegram_bot_token, settings.telegram_api_base,
+                           wait_replicas=settings.redis_wait_replicas,
+                           wait_timeout_ms=settings.redis_wait_timeout_ms)
     click.echo(f"relay: delivering to {settings.telegram_api_base}; Ctrl-C stops")
     try:
         worker.run_forever(stop, block_ms=block_ms)

@@ -161,7 +161,7 @@ class PublishScript:
             script_keys += [out.queue, out.claim_key or ""]
             args += [out.user, out.task_id, out.envelope]
         if self.wait_replicas:
-            replies = replicated(
+            [replies] = replicated(
                 self.redis, lambda pipe: self._script(keys=script_keys, args=args, client=pipe),
                 self.wait_replicas, self.wait_timeout_ms)
         else:

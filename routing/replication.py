@@ -27,18 +27,18 @@ class NotReplicated(redis.ConnectionError):
 
 
 def replicated(client: redis.Redis, write: Callable[[Pipeline], Any], replicas: int,
-               timeout_ms: int) -> Any:
-    """Run ``write`` (it queues one command on the pipeline it is given), then
-    ``WAIT replicas timeout_ms`` on the same connection; the write's reply."""
+               timeout_ms: int) -> list[Any]:
+    """Run ``write`` (it queues its commands on the pipeline it is given), then
+    ``WAIT replicas timeout_ms`` on the same connection; the replies of the write's commands."""
     with client.pipeline(transaction=False) as pipe:
         write(pipe)
         pipe.execute_command("WAIT", replicas, timeout_ms)
-        reply, acked = pipe.execute()
+        *replies, acked = pipe.execute()
     if int(acked) < replicas:
         follow_master(client)
         raise NotReplicated(f"{acked} of the {replicas} replicas required (REDIS_WAIT_REPLICAS) "
                             f"acknowledged the write within {timeout_ms} ms")
-    return reply
+    return replies
 
 
 def follow_master(client: redis.Redis) -> None:

@@ -118,7 +118,7 @@ class ConversationStore:
             try:
                 return replicated(self.redis, lambda pipe: self._commit(
                     keys=script_keys, args=args, client=pipe),
-                    self.wait_replicas, self.wait_timeout_ms)
+                    self.wait_replicas, self.wait_timeout_ms)[0]
             except (NotReplicated, redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() > deadline:
                     raise

@@ -24,12 +24,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from typing import Any, cast
 
 import httpx
 import redis
 
 from routing import keys
+from routing.replication import NotReplicated, replicated
+from services.conversation import REPLICATION_BUDGET_S
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,8 @@ def chat_id_of(value: str) -> int | str:
 class TelegramRelay:
     def __init__(self, client: redis.Redis, token: str, api_base: str, *,
                  consumer: str = DEFAULT_CONSUMER, batch: int = 100, timeout_s: float = 30.0,
-                 retry_max_s: float = 30.0) -> None:
+                 retry_max_s: float = 30.0, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         if not token:
             raise ValueError("a Telegram bot token is required")
         self.redis = client
@@ -76,6 +80,11 @@ class TelegramRelay:
         self.consumer = consumer
         self.batch = batch
         self.retry_max_s = retry_max_s
+        #: REDIS_WAIT_REPLICAS: entries are sent only once the read (a write: it moves them
+        #: into this consumer's pending list) is on this many replicas, and with it every
+        #: commit that wrote them, so a failover cannot take back a reply already sent.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.http = httpx.Client(timeout=timeout_s)
         self._redact = _RedactToken(token)
         logging.getLogger("httpx").addFilter(self._redact)
@@ -95,10 +104,21 @@ class TelegramRelay:
         self._group_ready = True
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
+        def read(client: Any) -> Any:
+            return client.xreadgroup(keys.RELAY_GROUP, self.consumer, {keys.OUTBOX_FEED: start},
+                                     count=self.batch, block=block_ms)
+
         try:
-            reply = self.redis.xreadgroup(keys.RELAY_GROUP, self.consumer,
-                                          {keys.OUTBOX_FEED: start}, count=self.batch,
-                                          block=block_ms)
+            if self.wait_replicas:
+                [reply] = replicated(self.redis, read, self.wait_replicas, self.wait_timeout_ms)
+            else:
+                reply = read(self.redis)
+        except NotReplicated as exc:
+            # Not sent: the entries stay pending and are read again next round (or, if the
+            # failover lost them, delivered afresh from the new master).
+            log.warning("relay: outbox entries not yet replicated, holding them (%s)", exc)
+            self.failed = 1
+            return []
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -131,11 +151,33 @@ class TelegramRelay:
         return last is not None and _stream_id(entry_id) <= _stream_id(last)
 
     def _ack(self, feed_id: str, user: str | None = None, entry_id: str | None = None) -> None:
+        if self.wait_replicas:
+            self._replicated_ack(feed_id, user, entry_id)
+            return
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(keys.OUTBOX_FEED, keys.RELAY_GROUP, feed_id)
             if user is not None and entry_id is not None:
                 pipe.hset(keys.RELAY_DELIVERED, user, entry_id)
             pipe.execute()
+
+    def _replicated_ack(self, feed_id: str, user: str | None, entry_id: str | None) -> None:
+        """The ack, sent again until replicated: an ack a failover takes back would send the
+        entry again. The delivered mark goes first; a replica holds a prefix of what the master
+        wrote, so it never has the XACK without the mark."""
+        def write(pipe: Any) -> None:
+            if user is not None and entry_id is not None:
+                pipe.hset(keys.RELAY_DELIVERED, user, entry_id)
+            pipe.xack(keys.OUTBOX_FEED, keys.RELAY_GROUP, feed_id)
+
+        deadline = time.monotonic() + REPLICATION_BUDGET_S
+        while True:
+            try:
+                replicated(self.redis, write, self.wait_replicas, self.wait_timeout_ms)
+                return
+            except (redis.ConnectionError, redis.TimeoutError):  # NotReplicated included
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     # ---- Telegram side ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ time from a failover to the first reply written after it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from routing import ChatMessage, PublishFailed, keys, send
 from routing.queues import shard_queue
 from routing.redis_url import client_for
 from services.redis_client import connect
+from services.relay import TelegramRelay
 from tests.harness import WorkerSet, producer_for, wait_until
+from tests.test_relay import TOKEN, FakeTelegram
 
 SHARDS = 2
 USERS = 6
@@ -60,7 +63,8 @@ class Load:
             user = users[turn % len(users)]
             n = self.sent[user]
             try:
-                send(self.app, ChatMessage(user, f"message {n}", message_id=str(n)))
+                send(self.app, ChatMessage(user, f"message {n}", message_id=str(n),
+                                           chat_id=1000 + users.index(user)))
             except PublishFailed:
                 self.publish_failed += 1
                 continue
@@ -74,6 +78,17 @@ class Count:
     missing: int = 0
     duplicated: int = 0
     reordered: int = 0
+    #: Messages the relay sent to the (fake) Telegram more than once.
+    sent_twice: int = 0
+
+
+def sent_twice(telegram: FakeTelegram) -> int:
+    """Messages whose reply the relay delivered more than once ("re: message N ...")."""
+    twice = 0
+    for texts in telegram.delivered().values():
+        numbers = [int(m.group(1)) for t in texts if (m := re.match(r"re: message (\d+)", t))]
+        twice += len(numbers) - len(set(numbers))
+    return twice
 
 
 def count_replies(client: redis.Redis, sent: dict[str, int]) -> Count:
@@ -110,6 +125,12 @@ def run_failovers(group: SentinelGroup, tmp_path: Path, runtime: str, wait_repli
     producer = threading.Thread(target=load.run, daemon=True)
     gaps: list[float] = []
     client = connect(group.url)  # retries a connection the failover closes
+    telegram = FakeTelegram().__enter__()
+    relay = TelegramRelay(connect(group.url), TOKEN, telegram.server.url,
+                          wait_replicas=wait_replicas, retry_max_s=1.0)
+    relay_stop = threading.Event()
+    relay_thread = threading.Thread(target=relay.run_forever, args=(relay_stop, 200), daemon=True)
+    relay_thread.start()
     try:
         for shard in range(SHARDS):
             workers.start_shard(shard)
@@ -133,13 +154,20 @@ def run_failovers(group: SentinelGroup, tmp_path: Path, runtime: str, wait_repli
         # Every worker is still the one started: none exited on the failovers.
         assert all(proc.poll() is None for proc in workers.procs.values()), workers.procs
         count = count_replies(client, load.sent)
+        settle(lambda: sum(map(len, telegram.delivered().values())))
+        count.sent_twice = sent_twice(telegram)
         print(f"\nfailover[{runtime}, REDIS_WAIT_REPLICAS={wait_replicas}]: sent={total} "
               f"missing={count.missing} duplicated={count.duplicated} "
-              f"reordered={count.reordered} publish_failed={load.publish_failed} "
+              f"reordered={count.reordered} sent_twice={count.sent_twice} "
+              f"publish_failed={load.publish_failed} "
               f"gaps_s={[round(g, 2) for g in gaps]}")
         return count, gaps, load
     finally:
         load.stopping.set()
+        relay_stop.set()
+        relay_thread.join()
+        relay.close()
+        telegram.__exit__(None, None, None)
         workers.stop_all()
         app.close()
         client.close()
@@ -164,6 +192,16 @@ def drain(client: redis.Redis, sent: dict[str, int]) -> None:
     wait_until(lambda: _safe(settled), 180, interval_s=0.5, what="the drain")
 
 
+def settle(reading: Any, still_s: float = 5.0, most_s: float = 60.0) -> None:
+    """Until ``reading()`` stayed the same for ``still_s`` (the relay sent what it will)."""
+    last, since, deadline = reading(), time.monotonic(), time.monotonic() + most_s
+    while time.monotonic() - since < still_s and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = reading()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def _safe(fn: Any) -> Any:
     try:
         return fn()
@@ -181,7 +219,8 @@ def test_no_reply_lost_or_doubled_across_two_failovers_with_wait(
     0) or after the commit (its done-marker is lost and the re-run's reply is missing or
     doubled), and fails with "Unrecoverable error" if workers do not follow the new master."""
     count, _, _ = run_failovers(group, tmp_path, runtime, 1, monkeypatch)
-    assert dataclasses.asdict(count) == {"missing": 0, "duplicated": 0, "reordered": 0}
+    assert dataclasses.asdict(count) == {"missing": 0, "duplicated": 0, "reordered": 0,
+                                         "sent_twice": 0}
 
 
 def test_without_wait_order_holds_and_losses_are_counted(
