@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kombu import Queue
 
-from routing.queues import DEFAULT_QUEUE, WORKLOAD_QUEUES
+from routing.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 
 
 def _int(name: str, default: int) -> int:
@@ -296,9 +296,10 @@ worker_send_task_events = False
 worker_consumer = "tasks.consumer:ShardlineConsumer"
 imports = ("tasks.chat", "tasks.jobs", "tasks.promises", "tasks.rescale")
 
-task_queues = [Queue(name) for name in WORKLOAD_QUEUES]
+task_queues = [Queue(name) for name in (*WORKLOAD_QUEUES, MAINTENANCE_QUEUE)]
 
 # Beat: recovery of lost jobs and promises, and cleanup of expired job records (issue 5).
+# The router sends it to the maintenance queue (routing.queues.MAINTENANCE_TASKS).
 beat_schedule = {
     "shardline-maintenance": {
         "task": "shardline.maintenance",

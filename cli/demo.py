@@ -30,12 +30,12 @@ def run_demo(settings: Any, *, users: int, messages: int, proactive_every: int,
         app = producer_app()
         app.conf.broker_url = url
         from deploy.embedded_redis import free_port
-        from routing.queues import WORKLOAD_QUEUES
+        from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 
         with procfile_running(url, quiet=True, API_PORT=str(free_port()),
                               METRICS_PORT=str(free_port())):
             wait_for_workers(app, [shard_queue(s) for s in range(settings.shard_count)]
-                             + list(WORKLOAD_QUEUES))
+                             + [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
             chat = _play(console, app, url, users, messages, proactive_every, timeout_s)
             from cli.demo_work import show_jobs_and_promises
 

@@ -3,7 +3,9 @@
 ``numprocs``/``process_num`` start one solo worker per shard; ``numprocs_start`` offsets the
 range, so host A runs ``0-3`` and host B ``4-7`` of one deployment-wide ``SHARD_COUNT``.
 The workload worker and beat are optional per host: workload workers may run on any number of
-hosts, beat on exactly one (two would run every maintenance pass twice).
+hosts, beat on exactly one (two would run every maintenance pass twice). The host that runs
+beat also runs the maintenance worker, the consumer of the passes beat sends: one process,
+``-c 1``, that never runs user work, so a pass never waits behind a long job.
 
 The config reads only ``SHARDLINE_HOME`` from supervisord's environment (``%(ENV_...)s`` fails
 the whole file when a variable is unset); everything else is written in when it is generated.
@@ -62,6 +64,18 @@ stdout_logfile=%(ENV_SHARDLINE_HOME)s/workloads.log
 """
 
 BEAT = """
+[program:maintenance]
+; the control plane's own consumer: maintenance passes and cancel guards, never user work
+command={python} -m celery -A tasks worker -Q maintenance -c 1 --prefetch-multiplier 1 -n maintenance@%%h -l INFO
+directory={directory}
+autorestart=true
+stopsignal=TERM
+stopwaitsecs=60
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile=%(ENV_SHARDLINE_HOME)s/maintenance.log
+
 [program:beat]
 command={python} -m celery -A tasks beat -s %(ENV_SHARDLINE_HOME)s/beat-schedule -l INFO
 directory={directory}
@@ -77,7 +91,8 @@ def render(first: int, last: int, *, directory: str = ".", python: str = "python
            with_workloads: bool = True, with_beat: bool = True,
            workload_concurrency: int = 2) -> str:
     """supervisord.conf for shards ``first..last`` (inclusive), plus the workload worker
-    (``workload_concurrency`` processes) and beat unless left out."""
+    (``workload_concurrency`` processes) and beat with the maintenance worker unless left
+    out."""
     if not 0 <= first <= last:
         raise ValueError(f"shard range must be 0 <= first <= last, got {first}-{last}")
     if workload_concurrency < 1:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 SHARD_QUEUE_PREFIX = "shard."
 
-#: Catch-all queue for tasks without a route of their own (maintenance, beat jobs).
+#: Catch-all queue for tasks without a route of their own.
 DEFAULT_QUEUE = "default"
+#: The control plane's passes (lost-work recovery, cleanup, overdue cancels): consumed by a
+#: worker of its own that runs no user work, so a pass never waits behind a long job.
+MAINTENANCE_QUEUE = "maintenance"
 #: Data-profiling jobs.
 PROFILING_QUEUE = "profiling"
 #: LLM batch jobs.
@@ -26,6 +29,12 @@ WORKLOAD_QUEUES: tuple[str, ...] = (PROFILING_QUEUE, LLM_QUEUE, PROMISES_QUEUE, 
 SEND_AI_RESPONSE = "shardline.send_ai_response"
 SEND_PROACTIVE_MESSAGE = "shardline.send_proactive_message"
 NOTIFY_PROMISE_DONE = "shardline.notify_promise_done"
+#: Beat's maintenance pass, and the restart pass a workload worker sends naming itself.
+MAINTENANCE = "shardline.maintenance"
+#: Revokes a running job that ignored its cancel request for ``JOB_CANCEL_GRACE_S``.
+ENFORCE_CANCEL = "shardline.jobs.enforce_cancel"
+#: Tasks of the control plane, routed to :data:`MAINTENANCE_QUEUE`.
+MAINTENANCE_TASKS: frozenset[str] = frozenset({MAINTENANCE, ENFORCE_CANCEL})
 #: Runs a released user's held messages on their shard (sent when a parked one is discarded).
 RELEASE_HELD = "shardline.release_held"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from celery import Task
 
 import celeryconfig
-from jobs.control import ENFORCE_CANCEL, enforce_cancel
+from jobs.control import enforce_cancel
 from jobs.kinds import KINDS
 from jobs.runner import run_job
+from routing.queues import ENFORCE_CANCEL
 from services.registry import services
 from tasks.app import app
 from tasks.maintenance import job_store, lease_holder

@@ -22,7 +22,7 @@ from celery import Celery
 
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
 from deploy.shards import shard_worker_argv
-from routing.queues import shard_queue
+from routing.queues import MAINTENANCE_QUEUE, shard_queue
 
 
 def producer_for(url: str, **conf: Any) -> Celery:
@@ -63,6 +63,11 @@ class WorkerSet:
         return self.start(name, [sys.executable, "-m", "celery", "-A", "tasks", "worker",
                                  "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
                                  "-l", "INFO", *args])
+
+    def start_maintenance(self) -> subprocess.Popen[bytes]:
+        """The maintenance worker as the Procfile runs it: the maintenance queue only."""
+        return self.start_celery("maintenance", "-Q", MAINTENANCE_QUEUE, "-c", "1",
+                                 "--prefetch-multiplier", "1")
 
     def kill(self, name: str) -> None:
         """kill -9 of every process of the worker (its process group)."""
