@@ -113,6 +113,24 @@ def _shard_lease_ttl(ttl_s: float) -> float:
     return ttl_s
 
 
+def _limit(name: str, default: int) -> int | None:
+    """A per-child limit: a positive integer, or 0 for none."""
+    value = _int(name, default)
+    if value < 0:
+        raise ValueError(f"environment variable {name} must be >= 0 (0: no limit), got {value}")
+    return value or None
+
+
+def _job_soft_time_limit(hard_s: int) -> float | None:
+    # The soft limit must strike before the hard one (SIGKILL, nothing saved), with time
+    # left to settle: by default 60 s before it, or at 90% of a hard limit shorter than 10 min.
+    value = _float("JOB_SOFT_TIME_LIMIT_S", max(hard_s - 60.0, hard_s * 0.9))
+    if value < 0 or value >= hard_s:
+        raise ValueError(f"JOB_SOFT_TIME_LIMIT_S ({value:g}) must be below TASK_TIME_LIMIT_S "
+                         f"({hard_s}), or 0 for none: the hard limit kills a run unsaved")
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -136,6 +154,12 @@ class Settings:
     visibility_timeout_s: int
     task_time_limit_s: int
     workload_concurrency: int
+    #: A workload worker's pool process is replaced after this many tasks (None: never).
+    workload_max_tasks_per_child: int | None
+    #: ... or once a task leaves it above this resident memory, in KiB (None: never).
+    workload_max_memory_per_child_kb: int | None
+    #: Seconds after which a job's run stops at its last checkpoint, paused (None: never).
+    job_soft_time_limit_s: float | None
     redis_appendfsync: str
     log_level: str
     dedup_window_s: int
@@ -199,6 +223,7 @@ class Settings:
                 f"TASK_TIME_LIMIT_S ({time_limit}) must be below VISIBILITY_TIMEOUT_S "
                 f"({visibility}), or a healthy long task would be delivered twice"
             )
+        soft_limit = _job_soft_time_limit(time_limit)
         fsync = _str("REDIS_APPENDFSYNC", "everysec")
         if fsync not in ("everysec", "always", "no"):
             raise ValueError(f"REDIS_APPENDFSYNC must be everysec, always or no, got {fsync!r}")
@@ -222,6 +247,10 @@ class Settings:
             visibility_timeout_s=visibility,
             task_time_limit_s=time_limit,
             workload_concurrency=_int("WORKLOAD_CONCURRENCY", 2),
+            workload_max_tasks_per_child=_limit("WORKLOAD_MAX_TASKS_PER_CHILD", 200),
+            workload_max_memory_per_child_kb=_limit("WORKLOAD_MAX_MEMORY_PER_CHILD_KB",
+                                                    512 * 1024),
+            job_soft_time_limit_s=soft_limit,
             redis_appendfsync=fsync,
             log_level=_str("LOG_LEVEL", "INFO"),
             dedup_window_s=_int("DEDUP_WINDOW_S", 24 * 3600),

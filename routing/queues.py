@@ -8,6 +8,8 @@ touch a shard.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 SHARD_QUEUE_PREFIX = "shard."
 
 #: Catch-all queue for tasks without a route of their own.
@@ -68,6 +70,14 @@ def shard_of_queue(queue: str) -> int | None:
         return None
     tail = queue[len(SHARD_QUEUE_PREFIX) :]
     return int(tail) if tail.isdigit() else None
+
+
+def is_workload_worker(queues: Iterable[str]) -> bool:
+    """Whether a worker consuming ``queues`` is a workload worker: it consumes a workload
+    queue and no shard queue (it holds jobs and promises; it never runs ordered tasks)."""
+    names = set(queues)
+    return bool(names & set(WORKLOAD_QUEUES)) and not any(
+        shard_of_queue(name) is not None for name in names)
 
 
 def workload_queue_for(task_name: str) -> str | None:

@@ -10,6 +10,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
+import tasks.workload  # noqa: F401  (connects the workload worker's limits)
 from services.registry import start_services, stop_services
 from tasks.shard_lease import ShardLeaseStep
 from tasks.shard_retire import RetireStep

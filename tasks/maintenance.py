@@ -19,7 +19,7 @@ from celery.signals import worker_ready
 import celeryconfig
 from jobs.control import clean_finished_jobs, recover_jobs, redispatch_lost_jobs
 from jobs.store import JobStore
-from routing.queues import MAINTENANCE, WORKLOAD_QUEUES
+from routing.queues import MAINTENANCE, is_workload_worker
 from services.registry import services
 from tasks.app import app
 
@@ -63,6 +63,6 @@ def maintenance(node: str | None = None, boot: str | None = None) -> dict[str, A
 @worker_ready.connect
 def _recover_after_restart(sender: Any = None, **_: Any) -> None:
     queues = getattr(sender.app.amqp.queues, "consume_from", None) or sender.app.amqp.queues
-    if not set(queues) & set(WORKLOAD_QUEUES):
-        return  # shard workers never hold jobs or promises
+    if not is_workload_worker(queues):
+        return  # shard and maintenance workers never hold jobs or promises
     sender.app.send_task(MAINTENANCE, kwargs={"node": sender.hostname, "boot": BOOT_ID})
