@@ -206,6 +206,9 @@ class Settings:
     shard_lease_ttl_s: float
     #: Seconds a process may use its cached shard map (count, epoch) before reading it again.
     shard_map_refresh_s: float
+    #: ``each``: a worker started as root prints Celery's SecurityWarning; ``once``: it does
+    #: not (the launcher prints one notice for all the workers it starts).
+    root_warning: str
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
@@ -278,6 +281,7 @@ class Settings:
             publish_retry_s=_float("PUBLISH_RETRY_S", 10.0),
             shard_lease_ttl_s=_shard_lease_ttl(_float("SHARD_LEASE_TTL_S", 10.0)),
             shard_map_refresh_s=_positive("SHARD_MAP_REFRESH_S", 1.0),
+            root_warning=_choice("ROOT_WARNING", "each", ("each", "once")),
             metrics_host=_str("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9808),
         )

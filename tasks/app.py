@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 import celeryconfig
@@ -14,6 +16,12 @@ import tasks.workload  # noqa: F401  (connects the workload worker's limits)
 from services.registry import start_services, stop_services
 from tasks.shard_lease import ShardLeaseStep
 from tasks.shard_retire import RetireStep
+
+if celeryconfig.settings.root_warning == "once":
+    # Started by the launcher, which said it once for all its workers (README, "Running as
+    # root"); otherwise each worker repeats the same 7 lines.
+    warnings.filterwarnings("ignore", message=r"\s*You're running the worker with superuser",
+                            category=SecurityWarning)
 
 app = Celery("shardline")
 app.config_from_object("celeryconfig")
