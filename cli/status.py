@@ -28,7 +28,7 @@ from metrics.schema import RATE_WINDOW_S
 from routing.kombu_lists import priority_lists
 from services.breaker import BreakerState
 
-#: The shortest --watch interval: one drawing costs about 70 Redis commands, so 0 would make
+#: The shortest --watch interval: one drawing costs about 70-90 Redis commands, so 0 would make
 #: the command a busy loop against the deployment's Redis (about 680 commands/s at 0.1 s).
 MIN_WATCH_S = 0.5
 
