@@ -44,6 +44,10 @@ class WorkerSet:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        running = self.procs.get(name)
+        if running is not None and running.poll() is None:
+            # Still tracked under another key, so stop_all stops it too (not left over).
+            self.procs[f"{name}~{running.pid}"] = running
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, env=self.env, cwd=PROJECT_DIR, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -65,7 +69,11 @@ class WorkerSet:
                                  "-l", "INFO", *args])
 
     def start_maintenance(self) -> subprocess.Popen[bytes]:
-        """The maintenance worker as the Procfile runs it: the maintenance queue only."""
+        """The maintenance worker as the Procfile runs it: the maintenance queue only. One per
+        set: a test that starts its workloads again keeps the running one."""
+        running = self.procs.get("maintenance")
+        if running is not None and running.poll() is None:
+            return running
         return self.start_celery("maintenance", "-Q", MAINTENANCE_QUEUE, "-c", "1",
                                  "--prefetch-multiplier", "1")
 
