@@ -65,12 +65,12 @@ def run_demo(settings: Any, *, users: int, messages: int, proactive_every: int,
         app = producer_app()
         app.conf.broker_url = url
         from deploy.embedded_redis import free_port
-        from routing.queues import WORKLOAD_QUEUES
+        from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 
         with procfile_running(url, quiet=True, API_PORT=str(free_port()),
                               METRICS_PORT=str(free_port()), AI_LATENCY_MS=str(latency_ms)):
             wait_for_workers(app, [shard_queue(s) for s in range(settings.shard_count)]
-                             + list(WORKLOAD_QUEUES))
+                             + [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
             chat = _play(console, app, url, users, messages, proactive_every, timeout_s,
                          ideal_msgs_s=concurrency / (latency_ms / 1000),
                          floor_s=lambda rounds: drain_floor_s(rounds, settings, latency_ms))

@@ -10,6 +10,7 @@ import click
 
 import celeryconfig
 from cli.breaker import breaker
+from cli.connection import ShardlineGroup, redis_client, redis_url
 from cli.dlq import dlq
 from deploy.supervisor import render as render_supervisor
 from routing import ChatMessage, producer_app, send
@@ -20,17 +21,8 @@ def _settings() -> celeryconfig.Settings:
     return celeryconfig.settings
 
 
-def _require_redis() -> str:
-    url = _settings().redis_url
-    if not url:
-        raise click.ClickException(
-            "no Redis: set REDIS_URL, or start the service with `make run` (shardline run) "
-            "so its embedded Redis is found"
-        )
-    return url
-
-
-@click.group()
+@click.group(cls=ShardlineGroup)
+@click.version_option(package_name="shardline", message="shardline %(version)s")
 def main() -> None:
     """shardline: ordered per-user AI chat processing on Celery + Redis."""
 
@@ -58,7 +50,7 @@ def run() -> None:
 @click.option("--proactive", is_flag=True, help="Send as a proactive message.")
 def send_cmd(user_id: str, text: str, message_id: str | None, proactive: bool) -> None:
     """Send one message from USER_ID (an integer id is sent as an int)."""
-    _require_redis()
+    redis_url()
     uid: int | str = int(user_id) if user_id.isdigit() else user_id
     try:
         result = send(producer_app(), ChatMessage(uid, text, message_id=message_id,
@@ -77,12 +69,15 @@ def send_cmd(user_id: str, text: str, message_id: str | None, proactive: bool) -
 def outbox(user_id: str, as_json: bool) -> None:
     """Show USER_ID's delivered replies, oldest first."""
     from services.conversation import ConversationStore
-    from services.redis_client import connect
 
     settings = _settings()
-    store = ConversationStore(connect(_require_redis()), history_limit=settings.history_limit,
+    store = ConversationStore(redis_client(), history_limit=settings.history_limit,
                               done_ttl_s=settings.dedup_window_s)
-    for entry in store.outbox(user_id):
+    entries = store.outbox(user_id)
+    if not entries:
+        # On stderr: --json output stays a clean (empty) stream.
+        click.echo(f"no replies in the outbox of user {user_id!r}", err=True)
+    for entry in entries:
         if as_json:
             click.echo(json.dumps(entry))
         else:

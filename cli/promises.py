@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-import celeryconfig
+from cli.connection import redis_url
 from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from promises.runtime import promise_service
 from promises.service import PromiseService, PromiseSpec
@@ -18,8 +18,7 @@ ERRORS = (InvalidWork, WorkNotFound, NotOwner, InvalidTransition)
 
 
 def _service() -> PromiseService:
-    if not celeryconfig.settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
+    redis_url()
     return promise_service(producer_app())
 
 

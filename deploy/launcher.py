@@ -41,8 +41,14 @@ def redis_for(settings: Any) -> Iterator[str]:
         server.stop()
 
 
+#: Said once by the launcher when it runs as root, instead of by every worker it starts.
+ROOT_NOTICE = ("shardline: running as root; Celery's workers warn about it (SecurityWarning), "
+               "once here for all of them: see README, \"Running as root\"")
+
+
 def child_env(redis_url: str, **overrides: str) -> dict[str, str]:
-    env = dict(os.environ, REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **overrides)
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
+           "ROOT_WARNING": "once", **overrides}
     # Workers find the project's modules whatever the current directory is.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
     bin_dir = str(Path(sys.executable).parent)
@@ -54,6 +60,8 @@ def child_env(redis_url: str, **overrides: str) -> dict[str, str]:
 def procfile_running(redis_url: str, *, processes: list[str] | None = None,
                      quiet: bool = False, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run the Procfile's processes under honcho; stop them all on exit."""
+    if os.geteuid() == 0:
+        print(ROOT_NOTICE, file=sys.stderr)
     argv = [sys.executable, "-m", "honcho", "-f", str(PROJECT_DIR / "Procfile"),
             "-d", str(PROJECT_DIR), "start"]
     if processes:

@@ -26,12 +26,9 @@ from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from jobs.kinds import kind_named
 from jobs.records import JobRecord, JobStatus
 from jobs.store import JobStore
-from routing.queues import workload_queue_for
+from routing.queues import ENFORCE_CANCEL, workload_queue_for
 
 log = logging.getLogger(__name__)
-
-#: Task that revokes a running job which ignored a cancel for ``JOB_CANCEL_GRACE_S``.
-ENFORCE_CANCEL = "shardline.jobs.enforce_cancel"
 
 
 def _dispatch(store: JobStore, app: Celery, record: JobRecord, replaces: str = "") -> str:

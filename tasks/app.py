@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
+import tasks.workload  # noqa: F401  (connects the workload worker's limits)
 from services.registry import start_services, stop_services
 from shardhost.solo_lease import ShardLeaseStep
 from shardhost.solo_retire import RetireStep
 from shardhost.step import ShardHostStep
 
+if celeryconfig.settings.root_warning == "once":
+    # Started by the launcher, which said it once for all its workers (README, "Running as
+    # root"); otherwise each worker repeats the same 7 lines.
+    warnings.filterwarnings("ignore", message=r"\s*You're running the worker with superuser",
+                            category=SecurityWarning)
+
 app = Celery("shardline")
 app.config_from_object("celeryconfig")
-# A shard worker consumes nothing until it holds its shard's lease (tasks/shard_lease.py).
+# A shard worker consumes nothing until it holds its shard's lease (shardhost/solo_lease.py).
 app.steps["consumer"].add(ShardLeaseStep)
 # A shard removed by a rescale: its worker exits (status 0) once the shard has drained.
 app.steps["consumer"].add(RetireStep)

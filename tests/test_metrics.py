@@ -90,7 +90,8 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
     workers.start_shard(0)
     workers.start_shard(1)
     workers.start_celery("workloads", "-Q", "default", "-c", "2")
-    wait_for_workers(producer, ["shard.0", "shard.1", "default"])
+    workers.start_maintenance()
+    wait_for_workers(producer, ["shard.0", "shard.1", "default", "maintenance"])
     rclient.sadd(FAIL_TEXTS, "boom")
 
     zero, one, three = users_on(0, 2), users_on(1, 2), users_on(3, 2)
@@ -121,7 +122,7 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
 
     def settled() -> bool:  # at least the expected runs; exactly is asserted below
         f = scrape(exporter)
-        return ((value(f, "shardline_tasks_total", task=MAINTENANCE, queue="default",
+        return ((value(f, "shardline_tasks_total", task=MAINTENANCE, queue="maintenance",
                        outcome="succeeded") or 0) >= 4
                 and (value(f, "shardline_tasks_total", task=TASK, queue="shard.1",
                            outcome="succeeded") or 0) >= 3
@@ -133,7 +134,7 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
                 and all((value(f, "shardline_task_duration_seconds_count", task=TASK,
                                queue=queue) or 0) >= 4 for queue in ("shard.0", "shard.1"))
                 and (value(f, "shardline_task_duration_seconds_count", task=MAINTENANCE,
-                           queue="default") or 0) >= 4)
+                           queue="maintenance") or 0) >= 4)
 
     wait_until(settled, 90, interval_s=0.2, what="every run recorded")
     breaker = CircuitBreaker(redis.Redis.from_url(workers.url), AI_BREAKER, failures=1,
@@ -162,7 +163,7 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
             (TASK, "shard.1", "succeeded"): 3,
             (TASK, "shard.1", "retried_in_place"): 2,
             (TASK, "shard.1", "dead_lettered"): 2,  # the failing message and the poison one
-            (MAINTENANCE, "default", "succeeded"): 4,
+            (MAINTENANCE, "maintenance", "succeeded"): 4,
         }, url
         for queue, runs in (("shard.0", 4), ("shard.1", 4)):
             assert value(f, "shardline_task_duration_seconds_count", task=TASK,
@@ -172,7 +173,7 @@ def test_metrics_count_a_known_load_across_processes(workers, producer, rclient,
             assert (value(f, "shardline_task_duration_seconds_sum", task=TASK, queue=queue)
                     or 0) > 0
         assert value(f, "shardline_task_duration_seconds_count", task=MAINTENANCE,
-                     queue="default") == 4
+                     queue="maintenance") == 4
 
         # Queues: depth over priority sub-lists; age of the oldest waiting message.
         depths = {dict(k[1])["queue"]: v for k, v in f.items()
