@@ -13,6 +13,7 @@ from cli.breaker import breaker
 from cli.dlq import dlq
 from deploy.supervisor import render as render_supervisor
 from routing import ChatMessage, producer_app, send
+from routing.credentials import auth_message, auth_problem, redact_url
 from routing.errors import ShardlineError
 
 
@@ -30,25 +31,44 @@ def _require_redis() -> str:
     return url
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command: Redis refusing the credentials is one clear line, not a traceback or
+    a retry loop (an auth error from anywhere below, however wrapped)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if (problem := auth_problem(exc)) is None:
+                raise
+            raise click.ClickException(auth_message(_settings().redis_url, problem)) from exc
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """shardline: ordered per-user AI chat processing on Celery + Redis."""
 
 
 @main.command()
 def run() -> None:
-    """Start everything (embedded Redis if REDIS_URL is unset) and run until Ctrl-C."""
-    from deploy.launcher import procfile_running, redis_for
+    """Start everything (embedded Redis if REDIS_URL is unset); Ctrl-C or SIGTERM stops it."""
+    from deploy.launcher import procfile_running, redis_for, stop_on_sigterm
+    from services.redis_client import check_credentials
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    with redis_for(settings) as url:
-        click.echo(f"shardline: Redis at {url}; {settings.shard_count} shards; Ctrl-C stops")
-        with procfile_running(url) as proc:
-            try:
+    stop_on_sigterm()
+    try:
+        with redis_for(settings) as url:
+            check_credentials(url)
+            click.echo(f"shardline: Redis at {redact_url(url)}; {settings.shard_count} shards; "
+                       "Ctrl-C stops")
+            with procfile_running(url) as proc:
                 proc.wait()
-            except KeyboardInterrupt:
-                click.echo("shardline: stopping")
+    except KeyboardInterrupt:
+        click.echo("shardline: stopped")
 
 
 @main.command("send")

@@ -24,6 +24,7 @@ from metrics.readings import (
     read_rates,
 )
 from metrics.schema import RATE_WINDOW_S
+from routing.credentials import auth_message, auth_problem, redact_url
 from routing.kombu_lists import priority_lists
 from services.breaker import BreakerState
 from services.redis_client import connect
@@ -92,6 +93,9 @@ def status(watch_s: float | None) -> None:
     except KeyboardInterrupt:
         pass
     except redis.RedisError as exc:
-        raise click.ClickException(f"cannot read Redis at {settings.redis_url}: {exc}") from exc
+        if problem := auth_problem(exc):
+            raise click.ClickException(auth_message(settings.redis_url, problem)) from exc
+        raise click.ClickException(
+            f"cannot read Redis at {redact_url(settings.redis_url)}: {exc}") from exc
     finally:
         client.close()

@@ -2,15 +2,21 @@
 
 Used by the launcher when ``REDIS_URL`` is unset, and by the tests (each test server is one of
 these, so nothing ever touches a Redis someone else runs).
+
+With ``password`` the server requires it (``requirepass``). The password goes to redis-server
+in a config file readable only by its owner, never on the command line, where any local user
+could read it (``ps``, ``/proc/PID/cmdline``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -31,6 +37,17 @@ def redis_server_binary() -> str:
     return found
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by its owner only (mode 0600), also
+    when the file already exists with a wider mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -39,26 +56,37 @@ def free_port() -> int:
 
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, *, port: int | None = None,
-                 appendfsync: str = "everysec") -> None:
+                 appendfsync: str = "everysec", password: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _config_file(self) -> list[str]:
+        """``[path]`` of a private config file holding the password, or ``[]``."""
+        if not self.password:
+            return []
+        path = self.data_dir / "secret.conf"
+        write_private(path, f"requirepass {self.password}\n")
+        return [str(path)]
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            [redis_server_binary(), *self._config_file(), "--port", str(self.port),
+             "--bind", "127.0.0.1",
              "--dir", str(self.data_dir), "--appendonly", "yes",
              "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
              "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
+from routing.errors import RedisAuthFailed
+from services.redis_client import check_credentials
 from services.registry import start_services, stop_services
 from tasks.shard_lease import ShardLeaseStep
 from tasks.shard_retire import RetireStep
@@ -20,6 +28,21 @@ app.config_from_object("celeryconfig")
 app.steps["consumer"].add(ShardLeaseStep)
 # A shard removed by a rescale: its worker exits (status 0) once the shard has drained.
 app.steps["consumer"].add(RetireStep)
+
+
+#: Exit status of a worker whose Redis refused the credentials (EX_CONFIG).
+EXIT_AUTH_FAILED = 78
+
+
+@worker_init.connect
+def _refuse_bad_credentials(**_: Any) -> None:
+    # Celery would retry a refused password forever, logging "Cannot connect"; it never heals,
+    # so the worker stops before it starts and says why.
+    try:
+        check_credentials(str(app.conf.broker_url))
+    except RedisAuthFailed as exc:
+        print(f"shardline worker: {exc}; exiting", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_AUTH_FAILED) from exc
 
 
 @worker_process_init.connect
