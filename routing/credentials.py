@@ -15,6 +15,11 @@ import redis
 #: What a redacted password reads as.
 MASK = "****"
 
+#: Error texts of a refused login or a missing ACL permission (the last two are how Redis
+#: words a command or key an ACL forbids inside a Lua script).
+_REFUSALS = ("WRONGPASS", "NOAUTH", "NOPERM", "can't run this command",
+             "No permissions to access")
+
 #: Query parameters that carry a secret (redis-py and kombu accept these in the URL).
 _SECRET_PARAMS = frozenset({"password", "sentinel_password"})
 
@@ -59,8 +64,8 @@ def auth_problem(exc: BaseException) -> redis.RedisError | None:
         seen.add(id(current))
         if isinstance(current, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
             return current
-        if isinstance(current, redis.ResponseError) and str(current).startswith(
-                ("WRONGPASS", "NOAUTH", "NOPERM")):
+        if isinstance(current, redis.ResponseError) and any(
+                refusal in str(current) for refusal in _REFUSALS):
             return current
         current = current.__cause__ or current.__context__
     return None
