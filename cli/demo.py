@@ -13,6 +13,7 @@ from rich.table import Table
 from cli.chatload import chat_load, check_order, delivered_count, stamp
 from deploy.launcher import procfile_running, redis_for, wait_for_workers
 from routing import dispatch_batch, producer_app
+from routing.credentials import redact_url
 from routing.queues import shard_queue
 from services.redis_client import connect
 
@@ -22,8 +23,8 @@ def run_demo(settings: Any, *, users: int, messages: int, proactive_every: int,
     console = Console()
     settings.home.mkdir(parents=True, exist_ok=True)
     with redis_for(settings) as url:
-        console.print(f"[bold]shardline demo[/]: Redis at {url}, {settings.shard_count} shards, "
-                      f"{users} users x {messages} messages")
+        console.print(f"[bold]shardline demo[/]: Redis at {redact_url(url)}, "
+                      f"{settings.shard_count} shards, {users} users x {messages} messages")
         import os
 
         os.environ["REDIS_URL"] = url

@@ -141,3 +141,17 @@ def test_sigterm_stops_every_process_and_no_output_holds_the_password(tmp_path: 
         after = redis.Redis.from_url(server.url, decode_responses=True)
         assert any(running.task_id in item for item in after.lrange(inflight, 0, -1))
         after.close()
+
+
+def test_demo_prints_no_password(tmp_path: Path):
+    """Fails if ``shardline demo`` prints the embedded server's password (its first line
+    showed the whole URL)."""
+    home = tmp_path / "home"
+    done = subprocess.run([str(BIN / "shardline"), "demo", "--users", "2", "--messages", "1"],
+                          env=_env(home, API_PORT=str(free_port()),
+                                   METRICS_PORT=str(free_port())),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    password = (home / PASSWORD_FILE).read_text().strip()
+    assert "redis://:****@" in said and password not in said
