@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    beat_init,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -30,18 +31,19 @@ app.steps["consumer"].add(ShardLeaseStep)
 app.steps["consumer"].add(RetireStep)
 
 
-#: Exit status of a worker whose Redis refused the credentials (EX_CONFIG).
+#: Exit status of a worker or beat whose Redis refused the credentials (EX_CONFIG).
 EXIT_AUTH_FAILED = 78
 
 
+@beat_init.connect
 @worker_init.connect
 def _refuse_bad_credentials(**_: Any) -> None:
     # Celery would retry a refused password forever, logging "Cannot connect"; it never heals,
-    # so the worker stops before it starts and says why.
+    # so the worker (or beat) stops before it starts and says why.
     try:
         check_credentials(str(app.conf.broker_url))
     except RedisAuthFailed as exc:
-        print(f"shardline worker: {exc}; exiting", file=sys.stderr, flush=True)
+        print(f"shardline: {exc}; exiting", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_AUTH_FAILED) from exc
 
 

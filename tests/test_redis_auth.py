@@ -48,7 +48,8 @@ def _cli(url: str, home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 def test_refused_credentials_fail_at_once_with_a_clear_message(locked, tmp_path: Path):
     """Fails if a wrong or missing password is retried and reported as "unreachable"
     (redis-py's AuthenticationError is a ConnectionError: the producer retried it for
-    PUBLISH_RETRY_S and raised PublishFailed "unreachable", the worker retried forever), if
+    PUBLISH_RETRY_S and raised PublishFailed "unreachable", a worker or beat retried
+    forever), if
     the CLI shows a traceback, or if any of it prints the password."""
     wrong = _url(locked, f":{WRONG}")
     app = producer_for(wrong)
@@ -68,9 +69,12 @@ def test_refused_credentials_fail_at_once_with_a_clear_message(locked, tmp_path:
     workers = WorkerSet(wrong, tmp_path, SHARDLINE_HOME=str(tmp_path / "home"))
     try:
         worker = workers.start_celery("refused", "-Q", "default")
-        assert worker.wait(120) == EXIT_AUTH_FAILED
-        assert "refused the credentials" in workers.log("refused")
-        assert WRONG not in workers.log("refused")
+        beat = workers.start("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat",
+                                      "-s", str(tmp_path / "beat-schedule")])
+        for name, proc in (("refused", worker), ("beat", beat)):
+            assert proc.wait(120) == EXIT_AUTH_FAILED, workers.log(name)
+            assert "refused the credentials" in workers.log(name)
+            assert WRONG not in workers.log(name)
     finally:
         workers.stop_all()
 
