@@ -8,11 +8,12 @@ is listed in the README's configuration table.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from kombu import Queue
 
+from routing.credentials import MASK, redact_url
 from routing.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 
 
@@ -138,7 +139,14 @@ def _job_soft_time_limit(hard_s: int) -> float | None:
     return value or None
 
 
-@dataclass(frozen=True)
+#: Settings that are secrets, and settings that are URLs which may carry one: masked in the
+#: repr, which ``celery inspect conf`` sends to whoever asks (``settings`` is in this module).
+_SECRETS = frozenset({"ai_api_key", "telegram_bot_token", "telegram_webhook_secret",
+                      "api_tokens"})
+_URLS = frozenset({"external_redis_url", "redis_url", "database_url"})
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     home: Path
     #: REDIS_URL exactly as given; None means "use the embedded server".
@@ -231,6 +239,17 @@ class Settings:
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRETS and value:
+                value = MASK
+            elif f.name in _URLS and value:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -13,9 +13,9 @@ from typing import Any
 import click
 import redis
 from kombu.exceptions import OperationalError
-from kombu.utils.url import maybe_sanitize_url
 
 import celeryconfig
+from routing.credentials import auth_message, auth_problem, redact_url
 from routing.errors import ShardlineError
 from services.redis_client import connect
 
@@ -38,7 +38,7 @@ def redis_client() -> redis.Redis:
 
 def shown_url() -> str:
     """The Redis URL as output may show it: any password masked."""
-    return str(maybe_sanitize_url(celeryconfig.settings.redis_url or "?"))
+    return redact_url(celeryconfig.settings.redis_url) or "?"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -62,5 +62,14 @@ class ShardlineGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (redis.RedisError, OperationalError, ShardlineError) as exc:
-            raise click.ClickException(one_line(exc)) from exc
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            # Refused credentials first, however deeply kombu or Celery wrapped them: retrying
+            # cannot heal them, and they must not read as "unreachable".
+            if (problem := auth_problem(exc)) is not None:
+                raise click.ClickException(
+                    auth_message(celeryconfig.settings.redis_url, problem)) from exc
+            if isinstance(exc, redis.RedisError | OperationalError | ShardlineError):
+                raise click.ClickException(one_line(exc)) from exc
+            raise

@@ -14,6 +14,7 @@ from cli.connection import ShardlineGroup, redis_client, redis_url
 from cli.dlq import dlq
 from deploy.supervisor import render as render_supervisor
 from routing import ChatMessage, producer_app, send
+from routing.credentials import redact_url
 from routing.errors import ShardlineError
 
 
@@ -29,18 +30,22 @@ def main() -> None:
 
 @main.command()
 def run() -> None:
-    """Start everything (embedded Redis if REDIS_URL is unset) and run until Ctrl-C."""
-    from deploy.launcher import procfile_running, redis_for
+    """Start everything (embedded Redis if REDIS_URL is unset); Ctrl-C or SIGTERM stops it."""
+    from deploy.launcher import procfile_running, redis_for, stop_on_sigterm
+    from services.redis_client import check_credentials
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    with redis_for(settings) as url:
-        click.echo(f"shardline: Redis at {url}; {settings.shard_count} shards; Ctrl-C stops")
-        with procfile_running(url) as proc:
-            try:
+    stop_on_sigterm()
+    try:
+        with redis_for(settings) as url:
+            check_credentials(url)
+            click.echo(f"shardline: Redis at {redact_url(url)}; {settings.shard_count} shards; "
+                       "Ctrl-C stops")
+            with procfile_running(url) as proc:
                 proc.wait()
-            except KeyboardInterrupt:
-                click.echo("shardline: stopping")
+    except KeyboardInterrupt:
+        click.echo("shardline: stopped")
 
 
 @main.command("send")

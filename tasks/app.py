@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
 import tasks.workload  # noqa: F401  (connects the workload worker's limits)
+from routing.errors import RedisAuthFailed
+from services.redis_client import check_credentials
 from services.registry import start_services, stop_services
 from shardhost.solo_lease import ShardLeaseStep
 from shardhost.solo_retire import RetireStep
@@ -32,6 +41,22 @@ app.steps["consumer"].add(ShardLeaseStep)
 app.steps["consumer"].add(RetireStep)
 # A worker listening on SHARD_HOST_QUEUE hosts many shards on its threads (shardhost/host.py).
 app.steps["worker"].add(ShardHostStep)
+
+
+#: Exit status of a worker or beat whose Redis refused the credentials (EX_CONFIG).
+EXIT_AUTH_FAILED = 78
+
+
+@beat_init.connect
+@worker_init.connect
+def _refuse_bad_credentials(**_: Any) -> None:
+    # Celery would retry a refused password forever, logging "Cannot connect"; it never heals,
+    # so the worker (or beat) stops before it starts and says why.
+    try:
+        check_credentials(str(app.conf.broker_url))
+    except RedisAuthFailed as exc:
+        print(f"shardline: {exc}; exiting", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_AUTH_FAILED) from exc
 
 
 @worker_process_init.connect
