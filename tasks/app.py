@@ -20,7 +20,7 @@ from celery.signals import (
 import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
 import tasks.workload  # noqa: F401  (connects the workload worker's limits)
-from routing.errors import RedisAuthFailed
+from routing.errors import EXIT_AUTH_FAILED, RedisAuthFailed
 from services.redis_client import check_credentials
 from services.registry import start_services, stop_services
 from shardhost.solo_lease import ShardLeaseStep
@@ -43,8 +43,6 @@ app.steps["consumer"].add(RetireStep)
 app.steps["worker"].add(ShardHostStep)
 
 
-#: Exit status of a worker or beat whose Redis refused the credentials (EX_CONFIG).
-EXIT_AUTH_FAILED = 78
 
 
 @beat_init.connect

@@ -17,8 +17,8 @@ from jobs.control import create_job
 from jobs.records import JobStatus
 from jobs.store import JobStore
 from routing import ChatMessage, RedisAuthFailed, ShardRouter, keys, send, shard_for
+from routing.errors import EXIT_AUTH_FAILED
 from routing.queues import WORKLOAD_QUEUES, shard_queue
-from tasks.app import EXIT_AUTH_FAILED
 from tests.harness import WorkerSet, producer_for, wait_until
 
 PASSWORD = "pw-9c41d7e2a0b3f5"
