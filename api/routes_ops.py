@@ -1,7 +1,8 @@
 """GET /healthz (Redis reachable, workers seen) and GET /metrics (Prometheus text format).
 
-/metrics is this process's own request counter plus the deployment-wide metrics every
-exporter serves (``metrics.collector``, read from Redis at scrape time).
+/metrics serves only this process's own families (its request counter, process and Python
+runtime figures). The deployment-wide families are the exporter's (``python -m metrics``):
+served here too, a Prometheus scraping both would add every sum twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from api.state import State
-from metrics.collector import registry_for
 
 router = APIRouter(tags=["operations"])
 
@@ -39,7 +39,5 @@ def healthz(st: State) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(st: State) -> Response:
-    own = generate_latest()
-    deployment = generate_latest(registry_for(st.redis, st.settings))
-    return Response(own + deployment, media_type=CONTENT_TYPE_LATEST)
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
