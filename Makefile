@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo run test lint bench chaos clean
+.PHONY: install tools demo run test lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# System tools the tests use: headless Chromium renders /docs (tests/test_api_docs.py).
+tools:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 demo: $(STAMP)
 	$(VENV)/bin/shardline demo
@@ -23,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check routing tasks services deploy cli tests bench chaos jobs promises api ingest metrics celeryconfig.py
 	$(VENV)/bin/mypy routing tasks services deploy cli chaos jobs promises api ingest metrics celeryconfig.py
 
-test: $(STAMP) lint
+test: $(STAMP) tools lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

@@ -2,6 +2,9 @@
 
 Errors: a bad field is 422 naming it, an unknown id 404, another owner's id 403, a control
 request that does not apply 409, an unreachable broker 503. Served by ``python -m api``.
+
+``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from this process
+(``fastapi_offline`` ships them), never from a CDN: the page works on a network without internet.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from api import routes_messages, routes_ops, routes_work
 from api.auth import parse_tokens
@@ -69,8 +73,8 @@ def create_app(settings: Any = None) -> FastAPI:
         yield
         st.close()
 
-    app = FastAPI(title="shardline", version="0.1.0", lifespan=lifespan,
-                  description="Ordered per-user AI chat, jobs and promises over HTTP.")
+    app = FastAPIOffline(title="shardline", version="0.1.0", lifespan=lifespan,
+                         description="Ordered per-user AI chat, jobs and promises over HTTP.")
     app.state.tokens = tokens
     app.include_router(routes_messages.router)
     app.include_router(routes_work.jobs)
