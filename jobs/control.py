@@ -26,7 +26,7 @@ from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from jobs.kinds import kind_named
 from jobs.records import JobRecord, JobStatus
 from jobs.store import JobStore
-from routing.queues import workload_queue_for
+from routing.queues import DEFAULT_QUEUE, workload_queue_for
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,8 @@ def recover_jobs(store: JobStore, app: Celery, *, lease_s: float, node: str | No
 
 def job_queue(record: JobRecord) -> str:
     """The workload queue the job's messages wait in."""
-    queue = workload_queue_for(kind_named(record.kind).task_name)
-    assert queue is not None, f"job kind {record.kind!r} has no workload route"
-    return queue
+    # A plug-in kind's task without a workload route goes where Celery sends unrouted tasks.
+    return workload_queue_for(kind_named(record.kind).task_name) or DEFAULT_QUEUE
 
 
 def redispatch_lost_jobs(store: JobStore, app: Celery, *, grace_s: float) -> list[str]:
