@@ -50,3 +50,4 @@ def test_docs_render_the_operations_without_internet(workers: WorkerSet, tmp_pat
     shot = tmp_path / "docs.png"
     chromium(f"--screenshot={shot}", "--window-size=1280,1600", url)
     assert shot.stat().st_size > 20_000, "a blank page is a few kilobytes"
+    assert "Authorize" in dom  # the bearer scheme is declared (API_TOKENS is set)
