@@ -37,6 +37,14 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
             for code in codes}
 
 
+def links(*operations: str, parameter: str) -> dict[int | str, dict[str, Any]]:
+    """The created resource's ``id`` feeds ``parameter`` of each of ``operations`` (OpenAPI
+    links: a client, and schemathesis's stateful phase, can follow them)."""
+    return {202: {"links": {operation: {"operationId": operation,
+                                        "parameters": {parameter: "$response.body#/id"}}
+                            for operation in operations}}}
+
+
 def install_openapi(app: FastAPI, *, tokens: bool) -> None:
     """Build the document once, without the bearer scheme (and its 401s) if not ``tokens``."""
 

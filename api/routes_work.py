@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from api.auth import Owner
-from api.contract import errors
+from api.contract import errors, links
 from api.schemas import ID_PATTERN, JobIn, JobKindOut, KindOut, KindsOut, PromiseBatchIn, PromiseIn
 from api.state import State
 from jobs.control import cancel_job, create_job, owned_job, pause_job, resume_job
@@ -41,7 +41,8 @@ def list_kinds(_: Owner) -> KindsOut:
                   for k in promise_kinds().values()])
 
 
-@jobs.post("", status_code=202, responses=errors(400, 401, 503))
+@jobs.post("", status_code=202, responses={**errors(400, 401, 503), **links(
+    "job_status", "pause_job", "resume_job", "cancel_job", parameter="job_id")})
 def create(body: JobIn, st: State,
            owner: Owner) -> dict[str, Any]:
     """Queue a job on its workload queue with ``priority`` (0 highest)."""
@@ -54,28 +55,28 @@ def list_jobs(st: State, owner: Owner) -> list[dict[str, Any]]:
     return [j.public() for j in st.jobs.find(owner)]
 
 
-@jobs.get("/{job_id}", responses=errors(*OWNED))
+@jobs.get("/{job_id}", responses=errors(*OWNED), operation_id="job_status")
 def job_status(job_id: JobId, st: State,
                owner: Owner) -> dict[str, Any]:
     """Status and progress (current, total, percent, message)."""
     return owned_job(st.jobs, job_id, owner).public()
 
 
-@jobs.post("/{job_id}/pause", responses=errors(*OWNED, 409))
+@jobs.post("/{job_id}/pause", responses=errors(*OWNED, 409), operation_id="pause_job")
 def pause(job_id: JobId, st: State,
           owner: Owner) -> dict[str, Any]:
     """Stop at the next checkpoint (cooperative)."""
     return pause_job(st.jobs, job_id, owner).public()
 
 
-@jobs.post("/{job_id}/resume", responses=errors(*OWNED, 409, 503))
+@jobs.post("/{job_id}/resume", responses=errors(*OWNED, 409, 503), operation_id="resume_job")
 def resume(job_id: JobId, st: State,
            owner: Owner) -> dict[str, Any]:
     """Continue right after the last checkpointed item."""
     return resume_job(st.jobs, st.producer, job_id, owner).public()
 
 
-@jobs.post("/{job_id}/cancel", responses=errors(*OWNED, 409, 503))
+@jobs.post("/{job_id}/cancel", responses=errors(*OWNED, 409, 503), operation_id="cancel_job")
 def cancel(job_id: JobId, st: State,
            owner: Owner) -> dict[str, Any]:
     """Stop at the next checkpoint, or be revoked after JOB_CANCEL_GRACE_S."""
@@ -88,7 +89,8 @@ def _spec(p: PromiseIn) -> PromiseSpec:
                        params=p.params, parents=p.parents, id=p.id)
 
 
-@promises.post("", status_code=202, responses=errors(400, 401, 403, 409, 503))
+@promises.post("", status_code=202, responses={**errors(400, 401, 403, 409, 503), **links(
+    "promise_status", "cancel_promise", parameter="promise_id")})
 def create_promise(body: PromiseIn, st: State,
                    owner: Owner) -> dict[str, Any]:
     """One promise; ``parents`` are ids of existing promises of the caller."""
@@ -108,13 +110,14 @@ def list_promises(st: State,
     return [p.public() for p in st.promises.store.find(owner=owner)]
 
 
-@promises.get("/{promise_id}", responses=errors(*OWNED))
+@promises.get("/{promise_id}", responses=errors(*OWNED), operation_id="promise_status")
 def promise_status(promise_id: PromiseIdPath, st: State,
                    owner: Owner) -> dict[str, Any]:
     return st.promises.owned(promise_id, owner).public()
 
 
-@promises.post("/{promise_id}/cancel", responses=errors(*OWNED, 409, 503))
+@promises.post("/{promise_id}/cancel", responses=errors(*OWNED, 409, 503),
+               operation_id="cancel_promise")
 def cancel_promise(promise_id: PromiseIdPath, st: State,
                    owner: Owner) -> dict[str, Any]:
     """Cancel a pending or running promise; its children fail or are skipped."""
