@@ -12,10 +12,9 @@ from api.contract import errors, links
 from api.schemas import ID_PATTERN, JobIn, JobKindOut, KindOut, KindsOut, PromiseBatchIn, PromiseIn
 from api.state import State
 from jobs.control import cancel_job, create_job, owned_job, pause_job, resume_job
-from jobs.kinds import job_kinds
+from jobs.kinds import job_kinds, queue_of
 from promises.kinds import promise_kinds
 from promises.service import PromiseSpec
-from routing.queues import DEFAULT_QUEUE, workload_queue_for
 
 jobs = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 promises = APIRouter(prefix="/v1/promises", tags=["promises"])
@@ -34,7 +33,7 @@ def list_kinds(_: Owner) -> KindsOut:
     return KindsOut(
         jobs=[JobKindOut(name=k.name, description=(type(k).__doc__ or "").strip(),
                          params=k.params_model.model_json_schema(),
-                         queue=workload_queue_for(k.task_name) or DEFAULT_QUEUE)
+                         queue=queue_of(k))
               for k in job_kinds().values()],
         promises=[KindOut(name=k.name, description=(k.work.__doc__ or "").strip(),
                           params=k.params_model.model_json_schema())

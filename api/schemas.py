@@ -84,14 +84,14 @@ def _variants(schema: dict[str, Any], field: str,
     """Replace ``schema`` (the generic body) by one variant per kind: ``field`` is the kind's
     name, ``params`` its params model; required when that model has a required field."""
     common = {k: v for k, v in schema["properties"].items() if k not in (field, "params")}
-    schema["required"] = [k for k in schema.get("required", []) if k not in (field, "params")]
+    required = [k for k in schema.get("required", []) if k not in (field, "params")]
     variants = []
     for name, model in sorted(params_models.items()):
         params = _inlined(model.model_json_schema())
         variants.append({
             "type": "object", "title": f"{schema['title']} ({name})",
             "properties": {field: {"const": name}, **common, "params": params},
-            "required": [*schema.get("required", []), field,
+            "required": [*required, field,
                          *(["params"] if params.get("required") else [])],
         })
     description = schema.get("description", "")

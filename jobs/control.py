@@ -23,10 +23,9 @@ from celery import Celery
 
 from jobs.broker import held_task_ids
 from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
-from jobs.kinds import kind_named
+from jobs.kinds import kind_named, queue_of
 from jobs.records import JobRecord, JobStatus
 from jobs.store import JobStore
-from routing.queues import DEFAULT_QUEUE, workload_queue_for
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +150,7 @@ def recover_jobs(store: JobStore, app: Celery, *, lease_s: float, node: str | No
 
 def job_queue(record: JobRecord) -> str:
     """The workload queue the job's messages wait in."""
-    # A plug-in kind's task without a workload route goes where Celery sends unrouted tasks.
-    return workload_queue_for(kind_named(record.kind).task_name) or DEFAULT_QUEUE
+    return queue_of(kind_named(record.kind))
 
 
 def redispatch_lost_jobs(store: JobStore, app: Celery, *, grace_s: float) -> list[str]:

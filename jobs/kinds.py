@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, StrictStr
 from jobs.errors import InvalidWork
 from jobs.params import JsonInt, checked_params
 from jobs.plugins import load_kinds
+from routing.queues import DEFAULT_QUEUE, workload_queue_for
 
 #: ``reply(owner, prompt) -> text``: the AI handler as a job sees it.
 AskAI = Callable[[str, str], str]
@@ -184,6 +185,12 @@ def job_kinds() -> dict[str, JobKind]:
         _kinds = load_kinds("JOB_KINDS", settings.job_kinds, settings,
                             built_in=BUILT_IN_KINDS, check=_checked)
     return _kinds
+
+
+def queue_of(kind: JobKind) -> str:
+    """The workload queue the kind's jobs wait in."""
+    # A plug-in kind's task without a workload route goes where Celery sends unrouted tasks.
+    return workload_queue_for(kind.task_name) or DEFAULT_QUEUE
 
 
 def kind_named(name: str) -> JobKind:
