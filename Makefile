@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tls-redis demo run test lint bench chaos clean
+.PHONY: install tls-redis tools demo run test lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ tls-redis:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
 	    apt-get install -y --no-install-recommends redis-server; rc=$$?; \
 	  if [ -n "$$ours" ]; then rm -f $$policy; fi; exit $$rc; }
+# System tools the tests use: headless Chromium renders /docs (tests/test_api_docs.py).
+tools:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 demo: $(STAMP)
 	$(VENV)/bin/shardline demo
@@ -34,7 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check routing tasks services shardhost deploy cli tests bench chaos jobs promises api ingest metrics celeryconfig.py
 	$(VENV)/bin/mypy routing tasks services shardhost deploy cli chaos jobs promises api ingest metrics celeryconfig.py
 
-test: $(STAMP) tls-redis lint
+test: $(STAMP) tls-redis tools lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

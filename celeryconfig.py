@@ -81,14 +81,13 @@ def parse_shard_range(raw: str, shard_count: int) -> tuple[int, ...]:
     return tuple(sorted(set(shards)))
 
 
-def _components(raw: str) -> tuple[tuple[str, str], ...]:
+def _components(raw: str, variable: str = "EXTRA_COMPONENTS") -> tuple[tuple[str, str], ...]:
     """``"name=package.module:factory,..."`` -> ((name, spec), ...)."""
     pairs = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, spec = item.partition("=")
-        if not sep or not name or ":" not in spec:
-            raise ValueError(
-                f"EXTRA_COMPONENTS entries look like name=module:factory, got {item!r}")
+        if not sep or not name.strip() or ":" not in spec:
+            raise ValueError(f"{variable} entries look like name=module:factory, got {item!r}")
         pairs.append((name.strip(), spec.strip()))
     return tuple(pairs)
 
@@ -239,6 +238,10 @@ class Settings:
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
+    #: Plug-in job kinds "name=package.module:factory,..." beside the built-ins (jobs/kinds.py).
+    job_kinds: tuple[tuple[str, str], ...]
+    #: Plug-in promise kinds, the same form (promises/kinds.py).
+    promise_kinds: tuple[tuple[str, str], ...]
 
     def __repr__(self) -> str:
         shown = []
@@ -327,6 +330,8 @@ class Settings:
             root_warning=_choice("ROOT_WARNING", "each", ("each", "once")),
             metrics_host=_str("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9808),
+            job_kinds=_components(_str("JOB_KINDS", ""), "JOB_KINDS"),
+            promise_kinds=_components(_str("PROMISE_KINDS", ""), "PROMISE_KINDS"),
         )
 
 

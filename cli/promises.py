@@ -8,13 +8,13 @@ from typing import Any
 import click
 
 from cli.connection import redis_url
-from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
+from jobs.errors import IdTaken, InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from promises.runtime import promise_service
 from promises.service import PromiseService, PromiseSpec
 from promises.store import Promise
 from routing import producer_app
 
-ERRORS = (InvalidWork, WorkNotFound, NotOwner, InvalidTransition)
+ERRORS = (InvalidWork, IdTaken, WorkNotFound, NotOwner, InvalidTransition)
 
 
 def _service() -> PromiseService:
