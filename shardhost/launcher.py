@@ -31,6 +31,7 @@ from collections.abc import Iterable
 import redis
 
 import celeryconfig
+from routing.errors import EXIT_AUTH_FAILED
 from routing.queues import SHARD_HOST_QUEUE, shard_queue
 from routing.redis_url import client_for
 from shardhost.follower import ShardMapFollower
@@ -78,6 +79,9 @@ class HostProcesses:
         while not self.stopping:
             for slot, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self.stopping:
+                    if refused_credentials(proc):
+                        terminate_all(self.procs.values())
+                        return EXIT_AUTH_FAILED
                     _say(f"shard host {slot} exited with {proc.returncode}; restarting")
                     self.start(slot)
             time.sleep(0.2)
@@ -112,6 +116,9 @@ class ShardProcesses:
                 next_poll = time.monotonic() + self.poll_s
             for shard, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self.stopping:
+                    if refused_credentials(proc):
+                        terminate_all(self.procs.values())
+                        return EXIT_AUTH_FAILED
                     if proc.returncode == 0 and self._retired(shard):
                         _say(f"shard {shard} worker exited 0 after the shard was removed by a "
                              "rescale and drained; not restarting it")
@@ -151,6 +158,15 @@ class ShardProcesses:
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+
+def refused_credentials(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a child exited because Redis refused its credentials: restarting it cannot
+    help, so the runner stops everything and exits with the same status."""
+    if proc.returncode != EXIT_AUTH_FAILED:
+        return False
+    _say("a child exited because Redis refused the credentials; stopping (fix REDIS_URL)")
+    return True
 
 
 def terminate_all(procs: Iterable[subprocess.Popen[bytes]]) -> int:

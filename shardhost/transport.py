@@ -294,6 +294,10 @@ class GuardedSentinelTransport(kombu_redis.SentinelTransport):
     Channel = GuardedSentinelChannel
 
 
-def guarded_transport(broker_url: str) -> type[kombu_redis.Transport]:
-    """The guarded transport for ``broker_url``'s scheme."""
-    return GuardedSentinelTransport if is_sentinel(broker_url) else GuardedTransport
+def guarded_transport(broker_url: str) -> str:
+    """The guarded transport for ``broker_url``'s scheme, by name, not by class: kombu puts it
+    into the connection's info, which ``celery inspect stats`` sends back as JSON; a class there
+    fails to encode, and the worker never answers (``EncodeError: Object of type type is not
+    JSON serializable``)."""
+    transport = GuardedSentinelTransport if is_sentinel(broker_url) else GuardedTransport
+    return f"{transport.__module__}:{transport.__qualname__}"

@@ -30,7 +30,6 @@ from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
 
-
 class Poison(Exception):
     """Why a message cannot run; carries what is known of it for the dead-letter record."""
 
