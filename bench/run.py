@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+import bench.failover
 from bench.drain import DrainResult
 from bench.hol import SLOW_MS as HOL_SLOW_MS
 from bench.hol import HolResult, measure_hol, pick_users
@@ -126,6 +127,8 @@ def main() -> int:
         console.print("publish rate ...")
         published = backlog(PUBLISH_MESSAGES // 10, 10, prefix="p")
         publish = publish_rates(work_dir, published, PUBLISH_BATCH, PUBLISH_ROUNDS)
+        console.print("REDIS_WAIT_REPLICAS cost ...")
+        wait_cost = bench.failover.measure(work_dir / "wait")
         ok = True
     finally:
         if ok:
@@ -146,6 +149,8 @@ def main() -> int:
     data["reference_noop"] = reference(drains.noop_shards, drains.noop_naive)
     data["scale"] = scale(drains.curve, machine["nproc"])
     data["head_of_line"] = head_of_line(hol, HOL_SLOW_MS, HOL_SHARDS)
+    data["wait_replicas"] = wait_cost
+    console.print(bench.failover.line(wait_cost))
     data["bench_wall_s"] = round(time.monotonic() - started, 1)
     print_table(data, console)
     print_scale(data, console)

@@ -1,4 +1,5 @@
-"""The chaos suite's deployment: one private Redis and one solo worker per shard, supervised.
+"""The chaos suite's deployment: one private Redis (or, ``--failover``, a master, a replica and
+three sentinels) and one solo worker per shard, supervised.
 
 Plays the supervisor (deploy/shards.py): a worker that exits is started again; a worker the
 suite kills with SIGKILL is replaced at once. Every process started here is stopped here.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from deploy.embedded_redis import EmbeddedRedis
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups
+from deploy.sentinel_group import SentinelGroup
 from shardhost.launcher import shard_worker_argv
 
 
@@ -33,16 +35,22 @@ class Replacement:
 class ClusterLog:
     kills: int = 0
     redis_restarts: int = 0
+    #: ``SENTINEL FAILOVER``s run (``--failover``).
+    failovers: int = 0
     #: Workers that exited on their own (e.g. lease lost) and were started again.
     unplanned_exits: int = 0
     replacements: list[Replacement] = field(default_factory=list)
 
 
 class ChaosCluster:
-    def __init__(self, work_dir: Path, shards: int, env: dict[str, str]) -> None:
+    def __init__(self, work_dir: Path, shards: int, env: dict[str, str], *,
+                 sentinel: bool = False) -> None:
         self.work_dir = work_dir
         self.shards = shards
-        self.redis = EmbeddedRedis(work_dir / "redis", appendfsync="always")
+        #: One Redis, or (``sentinel``) a master, a replica and three sentinels.
+        self.redis: EmbeddedRedis | SentinelGroup = (
+            SentinelGroup(work_dir / "redis", appendfsync="always") if sentinel
+            else EmbeddedRedis(work_dir / "redis", appendfsync="always"))
         self.extra_env = env
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.log = ClusterLog()
@@ -92,8 +100,15 @@ class ChaosCluster:
             self.log.replacements.append(Replacement(shard, new.pid, started_at))
         return shard
 
+    def failover(self) -> None:
+        """``SENTINEL FAILOVER``: the replica becomes the master (``sentinel`` clusters)."""
+        assert isinstance(self.redis, SentinelGroup)
+        self.redis.failover()
+        self.log.failovers += 1
+
     def restart_redis(self, down_s: float = 0.5) -> None:
         """Crash Redis (SIGKILL) and start it again on the same port and data directory."""
+        assert isinstance(self.redis, EmbeddedRedis)
         self.redis.kill()
         time.sleep(down_s)
         self.redis.start()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from routing import ChatMessage
+from routing import ChatMessage, send
 
 #: Give up on one message after this long (Redis down far longer than any restart here).
 PUBLISH_DEADLINE_S = 60.0
@@ -34,14 +34,21 @@ def producer_app(url: str) -> Celery:
     return app
 
 
-def publish(app: Celery, message: ChatMessage, task_id: str, log: LoadLog) -> bool:
-    """Publish until it succeeds or :data:`PUBLISH_DEADLINE_S` passes (then False)."""
+def publish(app: Celery, message: ChatMessage, task_id: str, log: LoadLog, *,
+            scripted: bool = False) -> bool:
+    """Publish until it succeeds or :data:`PUBLISH_DEADLINE_S` passes (then False).
+    ``scripted``: through ``routing.send`` (the publish script, which waits for
+    REDIS_WAIT_REPLICAS; the message id keeps a retry from publishing twice), else through
+    Celery's ``send_task``."""
     deadline = time.monotonic() + PUBLISH_DEADLINE_S
     delay = 0.05
     while True:
         try:
-            app.send_task(message.task_name, args=(message.user_id, message.text),
-                          kwargs=message.task_kwargs(), task_id=task_id)
+            if scripted:
+                send(app, message)
+            else:
+                app.send_task(message.task_name, args=(message.user_id, message.text),
+                              kwargs=message.task_kwargs(), task_id=task_id)
             return True
         except Exception:  # any broker error: the message is not known to be stored
             if time.monotonic() > deadline:
@@ -55,8 +62,9 @@ class Producers:
     """``threads`` producers over ``users`` users, one message per thread every ``pause_s``."""
 
     def __init__(self, app: Celery, *, users: int, threads: int, pause_s: float,
-                 proactive_every: int = 5, run_id: str = "") -> None:
+                 proactive_every: int = 5, run_id: str = "", scripted: bool = False) -> None:
         self.app = app
+        self.scripted = scripted
         self.users = [f"chaos-{n}" for n in range(users)]
         self.threads = threads
         self.pause_s = pause_s
@@ -83,7 +91,8 @@ class Producers:
             message = ChatMessage(user, f"message {seq} from {user}", sent_at=time.time(),
                                   proactive=proactive, message_id=f"{user}-{seq}",
                                   extra={"seq": seq})
-            if publish(self.app, message, f"{self.run_id}-{user}-{seq}", self.log):
+            if publish(self.app, message, f"{self.run_id}-{user}-{seq}", self.log,
+                       scripted=self.scripted):
                 self.log.sent[user] = seq + 1
             else:
                 self.log.unpublished += 1

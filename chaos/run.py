@@ -1,11 +1,17 @@
 """Run the chaos suite and print one line of figures; non-zero exit on any lost/dup/violation.
 
 ``python -m chaos.run [--kills 24 --redis-restarts 2 --failure-rate 0.1 ...]``
+
+``--failover``: Redis is a master, a replica and three sentinels (``REDIS_URL=sentinel://...``),
+with ``REDIS_WAIT_REPLICAS=1`` on the workers and the producers; instead of Redis crashes the
+suite runs ``--failovers`` (2) ``SENTINEL FAILOVER``s. The README promises nothing lost,
+duplicated or reordered under the option, and the line must show that.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -16,10 +22,12 @@ from typing import Any
 
 import redis
 
+import celeryconfig
 from chaos.cluster import ChaosCluster, ClusterLog
 from chaos.load import Producers, producer_app
 from cli.chatload import OrderReport, check_order
 from routing import keys
+from services.redis_client import connect
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class ChaosParams:
     failure_rate: float = 0.1
     drain_timeout_s: float = 180.0
     seed: int = 7
+    #: ``SENTINEL FAILOVER``s in ``--failover`` mode (which sets ``sentinel``).
+    failovers: int = 2
+    sentinel: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class ChaosResult:
         return (f"chaos: sent={self.sent} answered={r.answered} lost={r.missing} "
                 f"duplicated={r.duplicated} violations={r.violations} kills={self.cluster.kills} "
                 f"redis_restarts={self.cluster.redis_restarts} "
+                f"failovers={self.cluster.failovers} "
                 f"longest_recovery_s={self.longest_recovery_s:.2f} "
                 f"worker_exits={self.cluster.unplanned_exits} unpublished={self.unpublished}")
 
@@ -68,30 +80,41 @@ def worker_env(params: ChaosParams) -> dict[str, str]:
         "ORDERED_RETRY_MAX_S": "0.2",
         "BREAKER_FAILURES": "1000000",
         "REDIS_APPENDFSYNC": "always",
+        **(FAILOVER_ENV if params.sentinel else {}),
     }
+
+
+#: What a Sentinel deployment sets (README, "Production Redis"): the wait option, and a lease
+#: that outlives the seconds Sentinel takes to demote the old master.
+FAILOVER_ENV = {"REDIS_WAIT_REPLICAS": "1", "SHARD_LEASE_TTL_S": "30"}
 
 
 def run_chaos(params: ChaosParams, work_dir: Path) -> ChaosResult:
     rng = random.Random(params.seed)
-    cluster = ChaosCluster(work_dir, params.shards, worker_env(params))
+    cluster = ChaosCluster(work_dir, params.shards, worker_env(params), sentinel=params.sentinel)
     cluster.start()
+    if params.sentinel:  # this process's producers wait for the replica too
+        celeryconfig.settings = dataclasses.replace(celeryconfig.settings, redis_wait_replicas=1)
     app = producer_app(cluster.url)
     producers = Producers(app, users=params.users, threads=params.producer_threads,
-                          pause_s=params.pause_s)
+                          pause_s=params.pause_s, scripted=params.sentinel)
     try:
         producers.start()
-        restart_after = set(rng.sample(range(params.kills), min(params.redis_restarts,
-                                                                params.kills)))
+        outages = params.failovers if params.sentinel else params.redis_restarts
+        outage_after = set(rng.sample(range(params.kills), min(outages, params.kills)))
         for n in range(params.kills):
             time.sleep(params.kill_interval_s * rng.uniform(0.6, 1.4))
             cluster.kill_random_worker(rng)
-            if n in restart_after:
+            if n in outage_after:
                 time.sleep(params.kill_interval_s / 2)
-                cluster.restart_redis()
+                if params.sentinel:
+                    cluster.failover()
+                else:
+                    cluster.restart_redis()
         time.sleep(params.kill_interval_s)
         producers.stop()
         expected = {u: n for u, n in producers.log.sent.items() if n}
-        client = redis.Redis.from_url(cluster.url, decode_responses=True)
+        client = connect(cluster.url)
         try:
             _drain(client, sum(expected.values()), params.drain_timeout_s)
             report = check_order(client, expected)
@@ -136,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     defaults = ChaosParams()
     parser = argparse.ArgumentParser(description=__doc__)
     for name, value in vars(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    params = ChaosParams(**vars(parser.parse_args(argv)))
+        if name != "sentinel":  # set by --failover
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--failover", action="store_true",
+                        help="a master, a replica and three sentinels; SENTINEL FAILOVERs "
+                             "instead of Redis crashes, with REDIS_WAIT_REPLICAS=1")
+    args = vars(parser.parse_args(argv))
+    args["sentinel"] = args.pop("failover")
+    params = ChaosParams(**args)
     with tempfile.TemporaryDirectory(prefix="shardline-chaos-") as tmp:
         result = run_chaos(params, Path(tmp))
     print(result.line(), flush=True)

@@ -1,5 +1,5 @@
 """Every process takes ``REDIS_URL=sentinel://...`` (kombu's form) with REDIS_SENTINEL_MASTER:
-the CLI, a shard worker, the workload worker, beat, the API and the metrics exporter, against a
+the CLI, shard hosts, the maintenance worker, beat, the API and the metrics exporter, against a
 master, a replica and three sentinels started by the test."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_the_database_and_login_of_a_sentinel_url_reach_kombu() -> None:
 def test_every_process_runs_on_a_sentinel_url(sentinel_group: SentinelGroup,
                                               tmp_path: Path) -> None:
     """A message sent with ``shardline send`` is answered by a shard worker, beat's
-    maintenance task runs on the workload worker, ``shardline status`` reads the deployment,
+    maintenance task runs on the maintenance worker, ``shardline status`` reads the deployment,
     the API's /healthz and the exporter's /metrics answer: all through the sentinels. Fails
     with "Redis URL must specify one of ..." (the CLI, the exporter, the API) or "'master_name'
     transport option must be specified" (workers, beat) without ``routing.redis_url``."""
@@ -52,7 +52,7 @@ def test_every_process_runs_on_a_sentinel_url(sentinel_group: SentinelGroup,
     try:
         workers.start_shard(0)
         workers.start_shard(1)
-        workers.start_celery("workloads", "-Q", "default", "-P", "solo")
+        workers.start_celery("maintenance", "-Q", "maintenance", "-P", "solo")
         workers.start("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-s",
                                str(tmp_path / "beat-schedule"), "-l", "INFO"])
         workers.start("api", [sys.executable, "-m", "api"])
@@ -66,9 +66,9 @@ def test_every_process_runs_on_a_sentinel_url(sentinel_group: SentinelGroup,
         with client_for(url, decode_responses=True) as client:
             wait_until(lambda: client.xlen(keys.outbox("sentinel-user")) == 1, 60,
                        what="the reply")
-        wait_until(lambda: "shardline.maintenance" in workers.log("workloads")
-                   and "succeeded" in workers.log("workloads"), 60,
-                   what="beat's maintenance task on the workload worker")
+        wait_until(lambda: "shardline.maintenance" in workers.log("maintenance")
+                   and "succeeded" in workers.log("maintenance"), 60,
+                   what="beat's maintenance task on the maintenance worker")
         status = subprocess.run([sys.executable, "-m", "cli.main", "status"], env=cli_env,
                                 cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
