@@ -2,8 +2,9 @@
 
 Burst: ``users x per_user`` messages published at once, each user's in order, the users'
 messages interleaved at random (a uniform shuffle of the whole burst that keeps each user's
-order): some users' messages sit close together, as when someone sends several lines in a row. Its rate is replies / (Redis clock at the last reply's feed
-entry - Redis clock just before the first publish): both from the Redis server's clock.
+order): some users' messages sit close together, as when someone sends several lines in a
+row. Its rate is replies / (Redis clock at the last reply's feed entry - Redis clock just
+before the first publish): both from the Redis server's clock.
 
 Live: arrivals at ``rate`` per second (Poisson: exponential gaps) for ``duration_s``. A user
 never writes again before their previous reply has arrived: each arrival's user is drawn at
