@@ -105,6 +105,13 @@ def _positive(name: str, default: float) -> float:
     return value
 
 
+def _at_least(name: str, default: int, lowest: int) -> int:
+    value = _int(name, default)
+    if value < lowest:
+        raise ValueError(f"environment variable {name} must be >= {lowest}, got {value}")
+    return value
+
+
 def _shard_lease_ttl(ttl_s: float) -> float:
     # A take blocks up to 1 s (kombu's brpop_timeout); a worker stops taking 0.6 x TTL after
     # its last renewal, so 0.4 x TTL must exceed that 1 s (tasks/shard_lease.py).
@@ -182,6 +189,18 @@ class Settings:
     shard_lease_ttl_s: float
     #: Seconds a process may use its cached shard map (count, epoch) before reading it again.
     shard_map_refresh_s: float
+    #: ``hosts``: shard hosts run many shards per process; ``solo``: one solo worker per shard.
+    shard_runtime: str
+    #: Shard hosts ``python -m deploy.shards`` starts (SHARD_PROCESSES, default: the cores).
+    shard_processes: int
+    #: Messages of one shard that may run at once, each of a different user (SHARD_CONCURRENCY;
+    #: 1 is the strict design: one message per shard at a time).
+    shard_concurrency: int
+    #: Worker threads of one shard host: how many messages it runs at once over all its shards.
+    shard_host_threads: int
+    #: Which of the SHARD_PROCESSES hosts this process is (set by the launcher / supervisor):
+    #: it hosts the shards ``s`` with ``s % SHARD_PROCESSES == SHARD_HOST_SLOT``.
+    shard_host_slot: int
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
@@ -189,7 +208,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(_str("SHARDLINE_HOME", ".shardline")).absolute()
-        shard_count = _int("SHARD_COUNT", 4)
+        shard_count = _int("SHARD_COUNT", 64)
         if shard_count < 1:
             raise ValueError(f"SHARD_COUNT must be >= 1, got {shard_count}")
         visibility = _int("VISIBILITY_TIMEOUT_S", 7200)
@@ -249,6 +268,11 @@ class Settings:
             publish_retry_s=_float("PUBLISH_RETRY_S", 10.0),
             shard_lease_ttl_s=_shard_lease_ttl(_float("SHARD_LEASE_TTL_S", 10.0)),
             shard_map_refresh_s=_positive("SHARD_MAP_REFRESH_S", 1.0),
+            shard_runtime=_choice("SHARD_RUNTIME", "hosts", ("hosts", "solo")),
+            shard_processes=_at_least("SHARD_PROCESSES", os.cpu_count() or 1, 1),
+            shard_concurrency=_at_least("SHARD_CONCURRENCY", 1, 1),
+            shard_host_threads=_at_least("SHARD_HOST_THREADS", 64, 1),
+            shard_host_slot=_at_least("SHARD_HOST_SLOT", 0, 0),
             metrics_host=_str("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9808),
         )

@@ -19,9 +19,9 @@ from bench.noop import INCLUDE as NOOP_INCLUDE
 from bench.publish import PublishResult, measure_publish
 from bench.workers import Workers, celery_worker_argv
 from deploy.embedded_redis import EmbeddedRedis
-from deploy.shards import shard_worker_argv
 from routing import ChatMessage, ShardRouter
 from routing.queues import shard_queue
+from shardhost.launcher import shard_worker_argv
 
 SHARDS = 4
 NAIVE_CONCURRENCY = 4
@@ -128,7 +128,7 @@ def _start_naive(workers: Workers) -> None:
 def shards_deployment(work_dir: Path, warmup: Sequence[ChatMessage], count: int = SHARDS,
                       **env: str) -> AbstractContextManager[Deployment]:
     """``count`` shards (SHARD_COUNT) with one solo worker each, alone on its queue, exactly
-    as ``deploy.shards`` runs them (plus the bench's reference task, bench.noop)."""
+    as ``shardhost.launcher`` runs them (plus the bench's reference task, bench.noop)."""
     return deployment(work_dir, f"shards-{count}", count, _shard_starter(count), warmup, **env)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deploy.embedded_redis import EmbeddedRedis
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups
-from deploy.shards import shard_worker_argv
+from shardhost.launcher import shard_worker_argv
 
 
 @dataclass

@@ -15,7 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from deploy.embedded_redis import EmbeddedRedis
+from routing import keys
+from routing.queues import SHARD_HOST_QUEUE, shard_of_queue
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -93,14 +97,33 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
 
 
 def wait_for_workers(app: Any, queues: list[str], timeout_s: float = 90.0) -> None:
-    """Block until every queue in ``queues`` is consumed by a running worker."""
+    """Block until every queue in ``queues`` is consumed by a running worker.
+
+    A shard queue counts once a worker consumes it, or, where shard hosts run (a worker
+    consumes ``SHARD_HOST_QUEUE``), once its lease is held: a host takes its shards itself."""
     deadline = time.monotonic() + timeout_s
     missing = set(queues)
     while time.monotonic() < deadline:
         replies = app.control.inspect(timeout=1.0).active_queues() or {}
         consumed = {q["name"] for worker in replies.values() for q in worker}
+        if SHARD_HOST_QUEUE in consumed:
+            consumed |= _leased_shard_queues(app, set(queues) - consumed)
         missing = set(queues) - consumed
         if not missing:
             return
         time.sleep(0.3)
     raise TimeoutError(f"no worker consumes {sorted(missing)} after {timeout_s:.0f}s")
+
+
+def _leased_shard_queues(app: Any, queues: set[str]) -> set[str]:
+    """The shard queues of ``queues`` whose lease some consumer holds now."""
+    shards = {q: s for q in queues if (s := shard_of_queue(q)) is not None}
+    if not shards:
+        return set()
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        held = [client.exists(keys.shard_lease(s)) for s in shards.values()]
+    finally:
+        client.close()
+    return {q for q, h in zip(shards, held, strict=True) if h}
+

@@ -34,7 +34,7 @@ from routing.queues import WORKLOAD_QUEUES, shard_queue
 from routing.replies import text_map
 from routing.shardmap import ShardMap, epoch_counts, read_shard_map
 from services.breaker import AI_BREAKER, BreakerStatus, CircuitBreaker
-from services.lease import LeaseHolder, parse_lease
+from shardhost.lease import LeaseHolder, parse_lease
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
 from routing import keys
-from routing.envelope import EnvelopeBuilder
+from routing.envelope import USER_HEADER, EnvelopeBuilder
 from routing.errors import InvalidDispatch, PublishFailed
 from routing.hashing import shard_for
 from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
@@ -200,7 +200,8 @@ def _outgoing(builder: EnvelopeBuilder, name: str, args: tuple[Any, ...],
     user = canonical_user_id(user_id)
     queue = shard_queue(shard_for(user_id, shard_map.count))
     _, envelope = builder.build(name, args, kwargs, queue=queue, task_id=task_id,
-                                epoch=shard_map.epoch, numbered=numbered, headers=headers)
+                                epoch=shard_map.epoch, numbered=numbered,
+                                headers={**(headers or {}), USER_HEADER: user})
     claim = keys.dedup(user, message_id) if message_id is not None else None
     return Outgoing(user=user, queue=queue, task_id=task_id, envelope=envelope, claim_key=claim)
 

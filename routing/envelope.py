@@ -8,11 +8,13 @@ a worker reads. ``tests/test_batch_dispatch.py`` compares it field by field with
 ``send_task`` publishes, so a Celery upgrade that changes the format fails there, not in
 production.
 
-Three headers are shardline's own: ``published_at`` (producer clock, unix seconds: the age of
-the oldest waiting message), ``shardline_epoch``, the shard-map epoch the message was routed
-under (``routing.shardmap``), and ``shardline_seq``, the user's sequence number, which only the
-publish script in Redis can know: the envelope carries :data:`SEQ_PLACEHOLDER` and the script
-puts the number in its place (``routing.publish``). This module builds; it never publishes.
+Four headers are shardline's own: ``shardline_user``, the canonical user id (a shard host reads
+it to run several users of one shard at once, ``shardhost.protocol``), ``published_at``
+(producer clock, unix seconds: the age of the oldest waiting message), ``shardline_epoch``, the
+shard-map epoch the message was routed under (``routing.shardmap``), and ``shardline_seq``, the
+user's sequence number, which only the publish script in Redis can know: the envelope carries
+:data:`SEQ_PLACEHOLDER` and the script puts the number in its place (``routing.publish``). This
+module builds; it never publishes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from kombu.utils.uuid import uuid
 SEQ_HEADER = "shardline_seq"
 #: Header holding the shard-map epoch a message was routed under (absent: a pinned map).
 EPOCH_HEADER = "shardline_epoch"
+#: Header naming the message's user (canonical id): a shard host runs different users' messages
+#: of one shard at once, and reads the user here without decoding the body.
+USER_HEADER = "shardline_user"
 #: Header holding the producer's clock at publish time, in unix seconds.
 PUBLISHED_AT_HEADER = "published_at"
 #: JSON text the publish script replaces with the sequence number (quotes included).

@@ -12,6 +12,9 @@ SHARD_QUEUE_PREFIX = "shard."
 
 #: Catch-all queue for tasks without a route of their own (maintenance, beat jobs).
 DEFAULT_QUEUE = "default"
+#: The queue shard hosts listen on as Celery workers (remote control, lifecycle). Nothing is
+#: ever published there: a host takes its shards' messages itself (``shardhost.host``).
+SHARD_HOST_QUEUE = "shard-hosts"
 #: Data-profiling jobs.
 PROFILING_QUEUE = "profiling"
 #: LLM batch jobs.

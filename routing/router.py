@@ -21,11 +21,12 @@ from typing import Any
 
 from celery.signals import before_task_publish
 
-from routing.envelope import EPOCH_HEADER
+from routing.envelope import EPOCH_HEADER, USER_HEADER
 from routing.errors import InvalidDispatch, InvalidUserId
 from routing.hashing import shard_for
 from routing.queues import ORDERED_TASKS, shard_queue, workload_queue_for
 from routing.shardmap import ShardMap, cache_for
+from routing.userid import canonical_user_id
 
 
 def user_id_of(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> object:
@@ -63,13 +64,20 @@ _routed = threading.local()
 
 
 @before_task_publish.connect(weak=False)
-def stamp_epoch(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Put the epoch the router used into an ordered message's ``shardline_epoch`` header."""
+def stamp_epoch(headers: dict[str, Any] | None = None, body: Any = None, **_: Any) -> None:
+    """Put the epoch the router used into an ordered message's ``shardline_epoch`` header, and
+    its user into ``shardline_user`` (as ``routing.envelope`` does for routing's own publish)."""
     shard_map: ShardMap | None = getattr(_routed, "map", None)
     _routed.map = None
-    if (headers is not None and shard_map is not None and shard_map.epoch is not None
-            and headers.get("task") in ORDERED_TASKS and EPOCH_HEADER not in headers):
+    if headers is None or headers.get("task") not in ORDERED_TASKS:
+        return
+    if shard_map is not None and shard_map.epoch is not None and EPOCH_HEADER not in headers:
         headers[EPOCH_HEADER] = shard_map.epoch
+    if USER_HEADER not in headers and isinstance(body, (list, tuple)) and len(body) >= 2:
+        try:
+            headers[USER_HEADER] = canonical_user_id(user_id_of(body[0], body[1]))
+        except (InvalidUserId, TypeError):
+            pass  # the worker's gate dead-letters it; a host runs it alone meanwhile
 
 
 def _explicit_queue_name(options: Mapping[str, Any]) -> str | None:

@@ -11,8 +11,9 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 import celeryconfig
 import tasks.instrumentation  # noqa: F401  (connects the task metrics signals)
 from services.registry import start_services, stop_services
-from tasks.shard_lease import ShardLeaseStep
-from tasks.shard_retire import RetireStep
+from shardhost.solo_lease import ShardLeaseStep
+from shardhost.solo_retire import RetireStep
+from shardhost.step import ShardHostStep
 
 app = Celery("shardline")
 app.config_from_object("celeryconfig")
@@ -20,6 +21,8 @@ app.config_from_object("celeryconfig")
 app.steps["consumer"].add(ShardLeaseStep)
 # A shard removed by a rescale: its worker exits (status 0) once the shard has drained.
 app.steps["consumer"].add(RetireStep)
+# A worker listening on SHARD_HOST_QUEUE hosts many shards on its threads (shardhost/host.py).
+app.steps["worker"].add(ShardHostStep)
 
 
 @worker_process_init.connect

@@ -13,9 +13,9 @@ from routing.userid import canonical_user_id
 from services.ai.base import Turn
 from services.conversation import Fenced
 from services.registry import services
+from shardhost.fence import commit_fence, lease_lost
 from tasks.app import app
 from tasks.ordered import OrderedTask
-from tasks.shard_lease import commit_fence, lease_lost
 
 
 def _deliver(task: OrderedTask, user: str, kind: str, turns: list[Turn], **meta: Any) -> str | None:

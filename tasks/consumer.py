@@ -3,7 +3,7 @@
 Celery's own handling of a bad message is to log and drop (or reject) it. Here every message
 passes :func:`preflight` before Celery sees it; a message that fails is parked in the
 dead-letter store with the reason and acknowledged, and the worker takes the next one.
-List items that kombu cannot even parse are caught earlier, in ``tasks.transport``.
+List items that kombu cannot even parse are caught earlier, in ``shardhost.transport``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from routing.router import user_id_of
 from routing.userid import canonical_user_id
 from services.deadletter import DeadLetter
 from services.registry import services
+from shardhost.transport import GuardedTransport
 from tasks.instrumentation import task_metrics
-from tasks.transport import GuardedTransport
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def preflight(message: Message, tasks: Any, max_payload_bytes: int) -> None:
 class ShardlineConsumer(Consumer):
     """Celery's consumer with :func:`preflight` in front of every task message.
 
-    It reads through :class:`tasks.transport.GuardedTransport`, which dead-letters list items
+    It reads through :class:`shardhost.transport.GuardedTransport`, which dead-letters list items
     that are not even kombu envelopes (kombu itself would stop the worker on them).
     """
 
@@ -110,15 +110,19 @@ class ShardlineConsumer(Consumer):
         return on_task_received
 
     def _dead_letter(self, message: Message, reason: str, **known: Any) -> None:
-        delivery = message.delivery_info or {}
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        services().get("dead_letters").park(DeadLetter(
-            reason=reason, queue=delivery.get("routing_key"), task_id=headers.get("id"),
-            raw=_raw_text(message), **known,
-        ))
-        if recorder := task_metrics():
-            task = known.get("task")
-            recorder.dead_lettered(task if task in self.app.tasks else UNKNOWN,
-                                   delivery.get("routing_key"))
-        log.error("dead-lettered a message from %s: %s", delivery.get("routing_key"), reason)
+        dead_letter(self.app.tasks, message, reason, **known)
         message.ack()
+
+
+def dead_letter(tasks: Any, message: Message, reason: str, **known: Any) -> None:
+    """Park ``message`` in the dead-letter store with ``reason`` (the caller acks it)."""
+    delivery = message.delivery_info or {}
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    services().get("dead_letters").park(DeadLetter(
+        reason=reason, queue=delivery.get("routing_key"), task_id=headers.get("id"),
+        raw=_raw_text(message), **known,
+    ))
+    if recorder := task_metrics():
+        task = known.get("task")
+        recorder.dead_lettered(task if task in tasks else UNKNOWN, delivery.get("routing_key"))
+    log.error("dead-lettered a message from %s: %s", delivery.get("routing_key"), reason)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import redis
+# The suite's deployments have 4 shards unless a test says otherwise (the default, 64, is for
+# real deployments); set before anything reads celeryconfig, workers inherit it.
+os.environ.setdefault("SHARD_COUNT", "4")
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
 
 from deploy.embedded_redis import EmbeddedRedis
 from tests.harness import WorkerSet, producer_for
@@ -45,9 +50,14 @@ def producer(redis_url: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def workers(redis_url: str, tmp_path: Path) -> Iterator[WorkerSet]:
-    """Worker subprocesses; the test starts the ones it needs. All are stopped afterwards."""
-    ws = WorkerSet(redis_url, tmp_path, SHARDLINE_HOME=str(tmp_path / "home"),
+def workers(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+            ) -> Iterator[WorkerSet]:
+    """Worker subprocesses; the test starts the ones it needs. All are stopped afterwards.
+
+    Solo shard workers unless the test is parametrized over runtimes:
+    ``@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)``."""
+    ws = WorkerSet(redis_url, tmp_path, getattr(request, "param", "solo"),
+                   SHARDLINE_HOME=str(tmp_path / "home"),
                    SHARD_COUNT=os.environ.get("TEST_SHARD_COUNT", "4"))
     yield ws
     ws.stop_all()

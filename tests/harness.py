@@ -21,8 +21,8 @@ import redis
 from celery import Celery
 
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
-from deploy.shards import shard_worker_argv
 from routing.queues import shard_queue
+from shardhost.launcher import host_worker_argv, shard_worker_argv
 
 
 def producer_for(url: str, **conf: Any) -> Celery:
@@ -34,24 +34,52 @@ def producer_for(url: str, **conf: Any) -> Celery:
     return app
 
 
-class WorkerSet:
-    """Worker subprocesses on one Redis; started, killed and stopped by the test."""
+#: The shard runtimes a test of the shard runtime runs against: a solo worker per shard, and a
+#: shard host (``shardhost.host``) with one message per shard at a time and with four.
+RUNTIMES = ("solo", "host-k1", "host-k4")
 
-    def __init__(self, url: str, log_dir: Path, **env: str) -> None:
+
+def runtime_concurrency(runtime: str) -> int | None:
+    """SHARD_CONCURRENCY of a host runtime ("host-k4" -> 4); None for "solo"."""
+    return int(runtime.removeprefix("host-k")) if runtime.startswith("host-k") else None
+
+
+class WorkerSet:
+    """Worker subprocesses on one Redis; started, killed and stopped by the test.
+
+    ``runtime`` says what consumes a shard (:data:`RUNTIMES`): in a host runtime,
+    :meth:`start_shard` starts a shard host that hosts just that shard, so a test can kill,
+    pause or replace "the consumer of shard N" the same way in every runtime.
+    """
+
+    def __init__(self, url: str, log_dir: Path, runtime: str = "solo", **env: str) -> None:
         self.url = url
         self.log_dir = log_dir
+        self.runtime = runtime
         self.env = child_env(url, **env)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, env=self.env, cwd=PROJECT_DIR, stdout=log,
+        proc = subprocess.Popen(argv, env={**self.env, **env}, cwd=PROJECT_DIR, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
-    def start_shard(self, shard: int) -> subprocess.Popen[bytes]:
-        return self.start(f"shard-{shard}", shard_worker_argv(shard, "INFO"))
+    def start_shard(self, shard: int, name: str | None = None) -> subprocess.Popen[bytes]:
+        """The consumer of ``shard`` in this runtime (a second one waits as a standby)."""
+        name = name or f"shard-{shard}"
+        concurrency = runtime_concurrency(self.runtime)
+        if concurrency is None:
+            return self.start(name, shard_worker_argv(shard, "INFO"))
+        return self.start_host(name, str(shard), concurrency)
+
+    def start_host(self, name: str, shard_range: str, concurrency: int, *, slot: int = 0,
+                   hosts: int = 1) -> subprocess.Popen[bytes]:
+        """A shard host for ``shard_range`` (host ``slot`` of ``hosts``)."""
+        return self.start(name, host_worker_argv(slot, "INFO"), SHARD_RANGE=shard_range,
+                          SHARD_CONCURRENCY=str(concurrency), SHARD_HOST_SLOT=str(slot),
+                          SHARD_PROCESSES=str(hosts))
 
     def start_shards(self, count: int, app: Celery | None = None) -> None:
         for shard in range(count):

@@ -35,7 +35,7 @@ def test_short_chaos_duplicates_and_reorders_nothing(chaos_result: ChaosResult) 
 
 def test_short_chaos_loses_nothing(chaos_result: ChaosResult) -> None:
     """Breaks if any acknowledged publish is never answered (a lost message): e.g. with
-    kombu's plain BRPOP take (tasks.transport's BLMOVE into the in-flight list removed), a
+    kombu's plain BRPOP take (shardhost.transport's BLMOVE into the in-flight list removed), a
     kill -9 between the pop and kombu's ``unacked`` record lost one message in about one run
     in four; or if the lease owner does not restore the in-flight list."""
     assert chaos_result.report.missing == 0, chaos_result.report.bad_users

@@ -18,8 +18,8 @@ import redis
 from cli.chatload import check_order, delivered_count
 from deploy.launcher import wait_for_workers
 from routing import ChatMessage, keys, send, shard_for
-from services.lease import ShardLease
-from services.stranded import LeaseNotHeld, restore_stranded
+from shardhost.lease import ShardLease
+from shardhost.stranded import LeaseNotHeld, restore_stranded
 from tests.harness import wait_until
 
 MESSAGES = 8

@@ -25,7 +25,7 @@ from deploy.launcher import PROJECT_DIR, child_env, wait_for_workers
 from deploy.supervisor import render
 from routing import ChatMessage, dispatch_batch, keys, shard_for
 from routing.queues import WORKLOAD_QUEUES, shard_queue
-from services.lease import ShardLease
+from shardhost.lease import ShardLease
 from tests.harness import alive, wait_until
 
 SHARD_COUNT = 4

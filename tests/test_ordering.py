@@ -7,9 +7,11 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from cli.chatload import ChatMessage, chat_load, check_order, delivered_count
 from routing import ShardRouter, send, shard_for
-from tests.harness import wait_until
+from tests.harness import RUNTIMES, wait_until
 
 USERS = [3, 17, "alice", "bob", 99]
 MESSAGES = 30
@@ -51,10 +53,12 @@ def _send_concurrently(app, rounds: list[list[ChatMessage]]) -> int:  # type: ig
     return sum(len(m) for m in per_user.values())
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_shards_keep_every_users_order(producer, workers, rclient):
     """Breaks if two messages of one user can run at once or out of turn: e.g. shard workers
-    with -c 2, prefetch > 1, a priority or ETA on shard tasks, or a router that does not
-    send all of a user's tasks to one shard."""
+    with -c 2, prefetch > 1, a priority or ETA on shard tasks, a router that does not send all
+    of a user's tasks to one shard, or a shard host that starts a user's message while an
+    earlier one of that user runs or waits (host-k4: several users of a shard at once)."""
     assert len({shard_for(u, 4) for u in USERS}) >= 3, "users should span the shards"
     workers.env["AI_HANDLER"] = "tests.handlers:random_latency"
     workers.start_shards(4, producer)

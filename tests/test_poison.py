@@ -85,7 +85,7 @@ def _poison(template: dict[str, Any]) -> st.SearchStrategy[str | bytes]:
 
 def test_live_worker_survives_random_poison(producer, workers, rclient):
     """Breaks if any bad list item can stop the shard worker (kombu raises on non-JSON items in
-    _brpop_read: without tasks.transport's gate the worker exits), if a bad message is run
+    _brpop_read: without shardhost.transport's gate the worker exits), if a bad message is run
     or silently dropped instead of dead-lettered, or if a bad message blocks or reorders the
     valid ones behind it, or if a gate stops counting what it dead-letters (metrics)."""
     send(producer, ChatMessage(USERS[0], "template"))

@@ -1,6 +1,6 @@
 """Online rescale: the shard count changes while producers send, without breaking any order.
 
-Real parts only: a private Redis, the real shard runner (``python -m deploy.shards``, the
+Real parts only: a private Redis, the real shard runner (``python -m shardhost.launcher``, the
 Procfile's ``shards`` process) or explicit shard workers, and the real ``shardline rescale``
 command. Each test's docstring says which breaking change makes it fail.
 """

@@ -13,12 +13,12 @@ import pytest
 
 from cli.chatload import check_order
 from deploy.launcher import PROJECT_DIR
-from deploy.shards import shard_worker_argv
 from routing import ChatMessage, keys, send, shard_for
 from services.ai.base import Turn
 from services.conversation import ConversationStore, Fence, Fenced
-from services.lease import ShardLease
-from tasks.shard_lease import EXIT_LEASE_LOST
+from shardhost.launcher import shard_worker_argv
+from shardhost.lease import ShardLease
+from shardhost.solo_lease import EXIT_LEASE_LOST
 from tests.harness import wait_until
 
 LEASE = keys.shard_lease(0)
@@ -139,8 +139,8 @@ def test_commit_is_fenced_by_the_lease(rclient):
 
 _RESUMED_AFTER_PAUSE = """
 import sys, time, redis
-import tasks.shard_lease as sl
-from services.lease import ShardLease
+import shardhost.solo_lease as sl
+from shardhost.lease import ShardLease
 lease = ShardLease(redis.Redis.from_url(sys.argv[1]), 0, ttl_s=3)
 keeper = sl.LeaseKeeper(lease, "shard.0")
 sl._keeper = keeper

@@ -25,7 +25,7 @@ from routing.queues import SEND_AI_RESPONSE, shard_of_queue
 from routing.shardmap import read_shard_map, switch_epoch
 from services.breaker import AI_BREAKER, CircuitBreaker
 from services.deadletter import DeadLetter, DeadLetterStore
-from services.lease import ShardLease
+from shardhost.lease import ShardLease
 from tests.harness import wait_until
 
 PROFILING_TASK = "shardline.jobs.profiling.run"

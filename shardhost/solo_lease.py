@@ -35,8 +35,8 @@ from celery.worker import state as worker_state
 import celeryconfig
 from routing.queues import shard_of_queue
 from services.conversation import Fence
-from services.lease import ShardLease
-from services.stranded import LeaseNotHeld, restore_stranded
+from shardhost.lease import ShardLease
+from shardhost.stranded import LeaseNotHeld, restore_stranded
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,12 @@ def commit_fence() -> Fence | None:
     """The lease this shard worker's reply commits must still hold (``None``: not a shard)."""
     keeper = _keeper
     return Fence(keeper.lease.key, keeper.lease.token) if keeper is not None else None
+
+
+def held_lease() -> ShardLease | None:
+    """The lease this shard worker holds (``None`` before it holds one)."""
+    keeper = _keeper
+    return keeper.lease if keeper is not None else None
 
 
 def ensure_lease_fresh() -> None:

@@ -25,7 +25,7 @@ from celery.worker import state as worker_state
 
 import celeryconfig
 from services.barrier import shard_drained_away
-from tasks.shard_lease import ShardLeaseStep, consumed_shard, lease_client
+from shardhost.solo_lease import ShardLeaseStep, consumed_shard, lease_client
 
 log = logging.getLogger(__name__)
 

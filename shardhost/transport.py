@@ -7,16 +7,19 @@ is gone by then (it never reaches ``unacked``), so a supervisor restart loses it
 bad item crashes the worker again. Here the BRPOP reply is checked first: an item kombu could
 not turn into a message is dead-lettered (``raw``) and the read reports "nothing arrived".
 
-A shard worker (a channel consuming exactly one shard queue) takes messages with
-``BLMOVE shard.N -> shardline:inflight:shard.N`` instead of BRPOP. kombu's BRPOP removes the
-message first and records it in ``unacked`` afterwards, from the client: a kill -9 of the worker,
-or a Redis crash, between the two loses the message (the chaos suite lost one message this way
-in about one run in four). BLMOVE is one atomic command, so a taken message is always either in
-the queue or in the in-flight list. For these messages the in-flight list replaces kombu's
-``unacked`` record (:class:`InflightQoS`): the ack removes them from it, and the shard's next
-lease owner restores whatever is left, at the head (``services.stranded``). Shard messages
-never carry a priority (the router refuses one), so a shard queue has no priority sub-lists
-to read.
+A solo shard worker (a channel consuming exactly one shard queue) takes messages with the shard
+protocol's take (``shardhost.protocol``: one Lua call that checks the shard lease and moves the
+head into ``shardline:inflight:shard.N``) instead of BRPOP, and waits for an empty queue with a
+blocking peek that moves nothing. kombu's BRPOP removes the message first and records it in
+``unacked`` afterwards, from the client: a kill -9 of the worker, or a Redis crash, between the
+two loses the message (the chaos suite lost one message this way in about one run in four). The
+take is atomic, so a taken message is always either in the queue or in the in-flight list; and
+it is conditional on the lease, so a worker paused between its own lease check and the take (the
+take window) takes nothing once a standby owns the shard. For these messages the in-flight list
+replaces kombu's ``unacked`` record (:class:`InflightQoS`): the ack removes them from it, and
+the shard's next lease owner restores whatever is left, at the head (``shardhost.stranded``).
+Shard messages never carry a priority (the router refuses one), so a shard queue has no priority
+sub-lists to read.
 
 Only workers use this transport (``ShardlineConsumer.connection_for_read``); it must never
 change what a valid envelope looks like to kombu.
@@ -45,8 +48,9 @@ from routing.queues import shard_of_queue
 from routing.replies import as_text
 from services.deadletter import DeadLetter
 from services.registry import services
+from shardhost.protocol import LeaseNotOwned, parse_take, script_text, take_args
+from shardhost.solo_lease import ensure_lease_fresh, held_lease, lease_lost
 from tasks.instrumentation import task_metrics
-from tasks.shard_lease import ensure_lease_fresh
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,8 @@ def envelope_problem(item: Any) -> str | None:
     return None
 
 
-def _dead_letter(queue: str, item: Any, reason: str) -> None:
+def dead_letter_raw(queue: str, item: Any, reason: str) -> None:
+    """Park a list item kombu cannot read (``envelope_problem``) with ``reason``."""
     raw = item.decode("utf-8", "backslashreplace") if isinstance(item, bytes) else str(item)
     try:
         services().get("dead_letters").park(DeadLetter(reason=reason, queue=queue, raw=raw))
@@ -109,7 +114,7 @@ class _GuardedRedis(redis.Redis):
             problem = envelope_problem(item)
             if problem is not None:
                 queue = as_text(dest)
-                _dead_letter(queue, item, problem)
+                dead_letter_raw(queue, item, problem)
                 return None  # kombu reads this as "nothing arrived" and polls again
         return reply
 
@@ -166,7 +171,10 @@ class GuardedChannel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: delivery tag -> (queue, raw item) of each message taken into an in-flight list.
         self.taken: dict[str, tuple[str, bytes]] = {}
-        self._moving_from: str | None = None
+        #: The shard command in flight: (queue, "take" or "wait"), or None.
+        self._moving_from: tuple[str, str] | None = None
+        #: Take next (the last take or wait saw a message), else wait for one.
+        self._take_next = True
         self._pooled_client: Any = None
         super().__init__(*args, **kwargs)
 
@@ -201,29 +209,51 @@ class GuardedChannel(kombu_redis.Channel):
             super()._brpop_start(timeout)
             return
         ensure_lease_fresh()
+        lease = held_lease()
         if timeout is None:
             timeout = self.brpop_timeout
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]
-        self._moving_from = queue
-        self.client.connection.send_command(
-            "BLMOVE", queue, keys.inflight(queue), "RIGHT", "LEFT", timeout or 0)
+        if self._take_next and lease is not None:
+            # The take checks the lease in the same atomic step (shardhost/lua/take.lua).
+            self._moving_from = (queue, "take")
+            self.client.connection.send_command(
+                "EVAL", script_text("take"), 3, queue, keys.inflight(queue), lease.key,
+                *take_args(lease.token, 1, 1))
+        else:
+            # Wait without taking: the head goes back where it was, so a worker paused here
+            # while its lease passes to a standby has taken nothing when it resumes.
+            self._moving_from = (queue, "wait")
+            self.client.connection.send_command(
+                "BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
-        queue, self._moving_from = self._moving_from, None
-        if queue is None:
+        pending, self._moving_from = self._moving_from, None
+        if pending is None:
             return bool(super()._brpop_read(**options))
+        queue, kind = pending
         try:
             try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                reply = self.client.parse_response(self.client.connection, "EVAL", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            if item is None:  # timed out; an empty item (b"") is poison, not "nothing"
+            if kind == "wait":
+                self._take_next = reply is not None  # None: timed out, the queue is empty
                 raise Empty()
+            try:
+                taken = parse_take(reply)
+            except LeaseNotOwned:
+                lease_lost(f"the take from {queue} found the shard lease held by another "
+                           "owner (was the process paused?)")
+                raise
+            if not taken.items:
+                self._take_next = False
+                raise Empty()
+            item = taken.items[0]
             problem = envelope_problem(item)
             if problem is not None:
-                _dead_letter(queue, item, problem)
+                dead_letter_raw(queue, item, problem)
                 self.client.lrem(keys.inflight(queue), 1, item)
                 raise Empty()
             if queue not in self.connection._callbacks:
@@ -239,7 +269,6 @@ class GuardedChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
-
 
     def _put_back(self, queue: str, item: bytes) -> None:
         """Return a taken message from the in-flight list to the head of ``queue``, atomically
