@@ -29,8 +29,8 @@ from bench.load import chunks, expected_counts
 from bench.scenarios import fresh_redis, producer, worker_env
 from bench.workers import Workers, celery_worker_argv
 from cli.chatload import check_order
-from deploy.shards import shard_worker_argv
 from routing import ChatMessage, dispatch_batch, keys, send
+from shardhost.launcher import shard_worker_argv
 
 LOGLEVEL = "WARNING"
 THREADS = 64
