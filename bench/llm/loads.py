@@ -182,7 +182,8 @@ def live(system: RunningSystem, rate: float, duration_s: float, population: int,
 
     def read_replies(block_ms: int | None) -> int:
         nonlocal last_id
-        found = system.client.xread({keys.OUTBOX_FEED: last_id}, count=10_000, block=block_ms)
+        found: list[tuple[str, list[tuple[str, dict[str, str]]]]] = system.client.xread(
+            {keys.OUTBOX_FEED: last_id}, count=10_000, block=block_ms)  # type: ignore[assignment]
         answered = 0
         for _stream, entries in found or []:
             for entry_id, fields in entries:

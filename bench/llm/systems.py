@@ -92,7 +92,8 @@ class RunningSystem:
 
     @property
     def ideal_rate(self) -> float:
-        return self.spec.slots * 1000.0 / self.latency_ms
+        """Replies per second if every slot always awaited a reply: slots / latency."""
+        return self.spec.slots * 1000.0 / self.latency_ms if self.latency_ms else float("inf")
 
     def publish(self, messages: Sequence[ChatMessage]) -> None:
         """Publish ``messages`` in order, the way this system's producers do."""
@@ -119,14 +120,14 @@ class RunningSystem:
                 self.client.delete(*found[start:start + 1000])
 
 
-def _start(workers: Workers, spec: SystemSpec) -> None:
+def _start(workers: Workers, spec: SystemSpec, loglevel: str) -> None:
     if spec.kind in ("threads", "locked"):
         workers.start("threads", celery_worker_argv(
             "threads", "-P", "threads", "-c", str(spec.slots), "-Q", QUEUE, *INCLUDE,
-            loglevel=LOGLEVEL))
+            loglevel=loglevel))
     elif spec.kind == "solo":
         for shard in range(spec.shard_count):
-            workers.start(f"shard-{shard}", shard_worker_argv(shard, LOGLEVEL))
+            workers.start(f"shard-{shard}", shard_worker_argv(shard, loglevel))
     else:
         workers.start("shard-hosts", [sys.executable, "-m", "deploy.shards"])
 
@@ -161,17 +162,18 @@ def _warm_up(system: RunningSystem) -> None:
 
 
 @contextmanager
-def running(spec: SystemSpec, latency_ms: int, work_dir: Path) -> Iterator[RunningSystem]:
+def running(spec: SystemSpec, latency_ms: int, work_dir: Path, *,
+            loglevel: str = LOGLEVEL) -> Iterator[RunningSystem]:
     """``spec`` started at ``AI_LATENCY_MS`` = ``latency_ms`` on a new private Redis, warmed
     up; everything stopped on exit."""
     name = f"llm-{spec.label}-{latency_ms}ms"
     with fresh_redis(work_dir, name) as (server, client):
         app = producer(server.url, spec.shard_count)
         env = {**worker_env(work_dir / name / "home", spec.shard_count),
-               "AI_LATENCY_MS": str(latency_ms), "LOG_LEVEL": LOGLEVEL, **spec.env}
+               "AI_LATENCY_MS": str(latency_ms), "LOG_LEVEL": loglevel, **spec.env}
         try:
             with Workers(server.url, work_dir / name / "logs", **env) as workers:
-                _start(workers, spec)
+                _start(workers, spec, loglevel)
                 if spec.kind == "hosts":
                     _wait_leases(client, spec.shard_count, workers)
                 assert server.process is not None

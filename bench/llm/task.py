@@ -32,7 +32,7 @@ LOCK_TTL_S = 30
 def _redis() -> redis.Redis:
     """One client (one connection pool, safe to share) for the pool's threads: the service
     registry starts on ``worker_process_init``, which a threads pool never sends."""
-    return connect(celeryconfig.settings.redis_url)
+    return connect(str(celeryconfig.broker_url))
 
 
 def _lock_key(user: str) -> str:
