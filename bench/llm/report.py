@@ -115,23 +115,23 @@ def llm_latency(runs: Sequence[SystemRun], curve: Sequence[CurvePoint],
 
 def print_llm(data: dict[str, Any], console: Console) -> None:
     llm = data["llm_latency"]
-    table = Table(title="LLM latency: burst (200 x 5) / live Poisson load at 80% of the burst "
-                        "rate")
-    for column in ("system", "L ms", "msgs/s", "ideal", "RSS MB", "CPU s", "p50 ms",
-                   "p99 ms", "viol.", "miss."):
+    table = Table(title="LLM latency: burst of 200 x 5, then live Poisson load at 80% of the "
+                        "burst rate")
+    for column in ("system", "L ms", "msgs/s", "offered", "ideal", "RSS MB", "CPU s",
+                   "p50 ms", "p99 ms", "viol.", "miss."):
         table.add_column(column, justify="left" if column == "system" else "right")
     for run in llm["runs"]:
-        title = llm["systems"][run["system"]]["title"]
         for load in ("burst", "live"):
             x = run[load]
-            rate = (f"{x['msgs_per_s']:.1f}" if load == "burst"
-                    else f"{x['msgs_per_s']:.1f} (of {x['offered_msgs_per_s']:.1f})")
-            table.add_row(f"({run['system']}) {load}: {title}" if load == "burst"
-                          else f"({run['system']}) live", str(run["latency_ms"]), rate,
-                          f"{run['ideal_msgs_per_s']:.0f}", f"{x['worker_rss_mb']:.0f}",
-                          f"{x['worker_cpu_s']:.1f}", f"{x['p50_ms']:.0f}",
-                          f"{x['p99_ms']:.0f}", str(x["violations"]), str(x["missing"]))
+            offered = f"{x['offered_msgs_per_s']:.1f}" if load == "live" else "-"
+            table.add_row(f"({run['system']}) {load}", str(run["latency_ms"]),
+                          f"{x['msgs_per_s']:.1f}", offered, f"{run['ideal_msgs_per_s']:.0f}",
+                          f"{x['worker_rss_mb']:.0f}", f"{x['worker_cpu_s']:.1f}",
+                          f"{x['p50_ms']:.0f}", f"{x['p99_ms']:.0f}", str(x["violations"]),
+                          str(x["missing"]))
     console.print(table)
+    for label, system in llm["systems"].items():
+        console.print(f"  ({label}) {system['title']}")
     curve = llm["hosted_shards_curve"]
     console.print("one host, shards hosted -> msgs/s at L = "
                   f"{curve['latency_ms']} ms: " + ", ".join(
