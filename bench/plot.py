@@ -31,6 +31,8 @@ def _hosted_panel(ax: Any, curve: dict[str, Any]) -> None:
             label="measured (burst)")
     ax.plot(shards, [p["ideal_msgs_per_s"] for p in points], linestyle="--", color="tab:gray",
             label="ideal: shards / latency")
+    ax.plot(shards, [p["busiest_shard_msgs_per_s"] for p in points], linestyle=":",
+            color="tab:green", label="the burst's busiest shard allows (K = 1)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(shards, [str(n) for n in shards])
     ax.set_xlabel("shards hosted by one process (K = 1, a worker thread per shard)")

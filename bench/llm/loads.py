@@ -49,6 +49,10 @@ class LoadResult:
     violations: int
     missing: int
     duplicated: int
+    #: Messages started before their user's previous reply was written; None when the
+    #: system does not stamp ``started_at`` (the real stack: it runs a user's messages one
+    #: after another by construction, and its violations would show any break).
+    overlaps: int | None = None
 
     @property
     def rate(self) -> float:
@@ -85,8 +89,8 @@ class _Meter:
             self.system.workers.check_alive()
             self.next_sample = now + RSS_EVERY_S
 
-    def result(self, load: str, report: OrderReport, *, offered_rate: float = 0.0,
-               deferred: int = 0) -> LoadResult:
+    def result(self, load: str, report: OrderReport, expected: dict[str, int], *,
+               offered_rate: float = 0.0, deferred: int = 0) -> LoadResult:
         system = self.system
         seconds = max(_last_reply_ms(system) - self.start_ms, 1) / 1000.0 if report.answered \
             else 0.0
@@ -98,7 +102,21 @@ class _Meter:
             peak_rss_mb=system.probe.peak_rss_bytes / 2**20,
             p50_ms=1000 * percentile(lat, 50), p99_ms=1000 * percentile(lat, 99),
             violations=report.violations, missing=report.missing,
-            duplicated=report.duplicated)
+            duplicated=report.duplicated, overlaps=_overlaps(system, expected))
+
+
+def _overlaps(system: RunningSystem, expected: dict[str, int]) -> int | None:
+    """Messages whose ``started_at`` is before the ``delivered_at`` of the same user's
+    previous message (by ``seq``)."""
+    found, stamped = 0, False
+    for user in expected:
+        entries: list[tuple[str, dict[str, str]]] = system.client.xrange(  # type: ignore[assignment]
+            keys.outbox(user))
+        by_seq = {int(f["seq"]): f for _, f in entries if "started_at" in f}
+        stamped = stamped or bool(by_seq)
+        found += sum(1 for seq, f in by_seq.items() if seq - 1 in by_seq
+                     and float(f["started_at"]) < float(by_seq[seq - 1]["delivered_at"]))
+    return found if stamped else None
 
 
 def _await_replies(system: RunningSystem, meter: _Meter, count: int) -> None:
@@ -135,7 +153,8 @@ def burst(system: RunningSystem, users: int, per_user: int, *, prefix: str = "b"
     meter = _Meter(system)
     system.publish(stamp(messages))
     _await_replies(system, meter, len(messages))
-    return meter.result("burst", check_order(system.client, expected_counts(messages)))
+    expected = expected_counts(messages)
+    return meter.result("burst", check_order(system.client, expected), expected)
 
 
 class _Population:
@@ -218,4 +237,4 @@ def live(system: RunningSystem, rate: float, duration_s: float, population: int,
             break
         meter.tick()
     report = check_order(system.client, sent)
-    return meter.result("live", report, offered_rate=rate, deferred=deferred)
+    return meter.result("live", report, sent, offered_rate=rate, deferred=deferred)

@@ -45,7 +45,7 @@ def _load(result: LoadResult) -> dict[str, Any]:
             "worker_rss_mb": round(result.peak_rss_mb, 1),
             "p50_ms": round(result.p50_ms, 1), "p99_ms": round(result.p99_ms, 1),
             "violations": result.violations, "missing": result.missing,
-            "duplicated": result.duplicated}
+            "duplicated": result.duplicated, "overlaps": result.overlaps}
 
 
 def _targets(runs: Sequence[SystemRun]) -> tuple[dict[str, str], dict[str, bool]]:
@@ -89,7 +89,9 @@ def llm_latency(runs: Sequence[SystemRun], curve: Sequence[CurvePoint],
                            f"reply, drawn from {LIVE_POPULATION} users",
                    "rss": "peak of the summed RSS of every worker process (the process "
                           "trees the bench started), sampled every 0.5 s",
-                   "latency": "delivered_at (worker) - sent_at (right before publishing)"},
+                   "latency": "delivered_at (worker) - sent_at (right before publishing)",
+                   "overlaps": "(a), (b): messages started before the same user's previous "
+                               "reply was written"},
         "systems": {r.spec.label: {"title": r.spec.title, "slots": r.spec.slots}
                     for r in runs},
         "runs": [{"system": r.spec.label, "latency_ms": r.latency_ms,
@@ -102,6 +104,7 @@ def llm_latency(runs: Sequence[SystemRun], curve: Sequence[CurvePoint],
             "latency_ms": CURVE_LATENCY_MS, "users": CURVE_USERS,
             "setup": "one shard host, SHARD_CONCURRENCY=1, SHARD_HOST_THREADS = shards",
             "points": [{"shards": p.shards, "ideal_msgs_per_s": round(p.ideal_rate, 1),
+                        "busiest_shard_msgs_per_s": round(p.busiest_shard_rate, 1),
                         **_load(p.burst)} for p in curve]},
         "moonshot": {"system": MOONSHOT.title, "latency_ms": MOONSHOT_LATENCY_MS,
                      "burst": f"{MOONSHOT_USERS} users x {MOONSHOT_PER_USER} messages",
@@ -118,7 +121,7 @@ def print_llm(data: dict[str, Any], console: Console) -> None:
     table = Table(title="LLM latency: burst of 200 x 5, then live Poisson load at 80% of the "
                         "burst rate")
     for column in ("system", "L ms", "msgs/s", "offered", "ideal", "RSS MB", "CPU s",
-                   "p50 ms", "p99 ms", "viol.", "miss."):
+                   "p50 ms", "p99 ms", "viol.", "overl.", "miss."):
         table.add_column(column, justify="left" if column == "system" else "right")
     for run in llm["runs"]:
         for load in ("burst", "live"):
@@ -128,6 +131,7 @@ def print_llm(data: dict[str, Any], console: Console) -> None:
                           f"{x['msgs_per_s']:.1f}", offered, f"{run['ideal_msgs_per_s']:.0f}",
                           f"{x['worker_rss_mb']:.0f}", f"{x['worker_cpu_s']:.1f}",
                           f"{x['p50_ms']:.0f}", f"{x['p99_ms']:.0f}", str(x["violations"]),
+                          "-" if x["overlaps"] is None else str(x["overlaps"]),
                           str(x["missing"]))
     console.print(table)
     for label, system in llm["systems"].items():

@@ -8,18 +8,20 @@ system's idle workers would otherwise take CPU from the one measured). The live 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.llm.loads import LoadResult, burst, live
 from bench.llm.systems import SystemSpec, running, shard_hosts, solo_shards, threads_pool
+from routing import shard_for
 
 LATENCIES_MS = (1000, 200)
 BURST_USERS = 200
 BURST_PER_USER = 5
 LIVE_SHARE = 0.8
-LIVE_DURATION_S = 20.0
+LIVE_DURATION_S = 15.0
 #: Users the live load draws from: many more than the replies in flight at once, so an idle
 #: user is always at hand and every arrival comes on time.
 LIVE_POPULATION = 2000
@@ -35,7 +37,7 @@ SYSTEMS = (
 #: The hosted-shards curve: one host (SHARD_PROCESSES=1, K=1, a worker thread per shard).
 HOSTED_SHARDS = (16, 64, 128, 256)
 CURVE_LATENCY_MS = 200
-CURVE_USERS = 1000
+CURVE_USERS = 800
 
 #: The moonshot: how many conversations one 2-core machine keeps in flight, order kept.
 MOONSHOT = shard_hosts("moonshot", shards=256, processes=2, concurrency=8, threads=1024)
@@ -59,6 +61,8 @@ class SystemRun:
 class CurvePoint:
     shards: int
     ideal_rate: float
+    #: What the burst allows at K = 1: its busiest shard runs its messages one by one.
+    busiest_shard_rate: float
     burst: LoadResult
 
 
@@ -86,10 +90,12 @@ def measure_hosted_curve(work_dir: Path, say: Say) -> list[CurvePoint]:
         spec = shard_hosts(f"host-{shards}", shards=shards, processes=1, concurrency=1,
                            threads=shards)
         with running(spec, CURVE_LATENCY_MS, work_dir) as system:
-            hit = burst(system, CURVE_USERS, 1, prefix="s")
+            hit = burst(system, CURVE_USERS, 1, prefix="s")  # users s0, s1, ...
+        busiest = max(Counter(shard_for(f"s{n}", shards) for n in range(CURVE_USERS)).values())
+        bound = CURVE_USERS * 1000.0 / (busiest * CURVE_LATENCY_MS)
         say(f"  1 host, {shards} shards: {hit.rate:.0f} msgs/s (ideal "
-            f"{system.ideal_rate:.0f})")
-        points.append(CurvePoint(shards, system.ideal_rate, hit))
+            f"{system.ideal_rate:.0f}, busiest shard allows {bound:.0f})")
+        points.append(CurvePoint(shards, system.ideal_rate, bound, hit))
     return points
 
 

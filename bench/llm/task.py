@@ -40,10 +40,13 @@ def _lock_key(user: str) -> str:
 
 
 def _answer(user: str, seq: int, sent_at: float) -> None:
+    # ``started_at`` lets the bench count overlaps: a user's message started before their
+    # previous reply was written (the replies may still land in order by luck of timing).
+    started_at = time.time()
     time.sleep(celeryconfig.settings.ai_latency_ms / 1000.0)
     client = _redis()
     with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(keys.outbox(user), {"seq": seq, "sent_at": sent_at,
+        pipe.xadd(keys.outbox(user), {"seq": seq, "sent_at": sent_at, "started_at": started_at,
                                       "delivered_at": time.time()})
         pipe.xadd(keys.OUTBOX_FEED, {"user": user})
         pipe.execute()
