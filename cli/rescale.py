@@ -17,6 +17,7 @@ drain when shrinking (the removed workers have exited by then).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import celeryconfig
+from cli.connection import redis_client
 from deploy.supervisor import render as render_supervisor
 from routing import keys, producer_app
 from routing.envelope import EnvelopeBuilder
@@ -42,7 +44,6 @@ from routing.shardmap import (
     switch_epoch,
 )
 from services.barrier import shard_drained_away
-from services.redis_client import connect
 
 #: Seconds between two looks at the old shards while waiting.
 POLL_S = 0.2
@@ -136,10 +137,21 @@ def _wait(console: Console, client: redis.Redis, before: ShardMap, epoch: int,
 def _supervisor_update(console: Console, conf: Path, count: int) -> None:
     settings = celeryconfig.settings
     first_line = conf.read_text().splitlines()[0] if conf.exists() else ""
+
+    def flag(name: str, default: int) -> int:
+        found = re.search(rf"--{name} (\d+)", first_line)
+        return int(found.group(1)) if found else default
+
+    # Hosts follow the map by themselves (the rewrite changes nothing they run); a solo
+    # deployment needs a worker per new shard.
     text = render_supervisor(0, count - 1, python=sys.executable,
                              with_workloads="--no-workloads" not in first_line,
                              with_beat="--no-beat" not in first_line,
-                             workload_concurrency=settings.workload_concurrency)
+                             workload_concurrency=settings.workload_concurrency,
+                             runtime="solo" if "--runtime solo" in first_line else "hosts",
+                             processes=flag("processes", settings.shard_processes),
+                             concurrency=flag("concurrency", settings.shard_concurrency),
+                             whole=True)
     partial = conf.with_name(conf.name + ".new")
     partial.write_text(text)
     partial.replace(conf)
@@ -169,16 +181,13 @@ def rescale(count: int, wait: bool, use_supervisor: bool, supervisor_conf: Path 
             sample: int) -> None:
     """Change the number of shard queues to COUNT while producers keep sending."""
     settings = celeryconfig.settings
-    if not settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL, or start the service with "
-                                   "`shardline run` so its embedded Redis is found")
-    if use_supervisor and count < read_shard_map(connect(settings.redis_url),
+    client = redis_client()
+    if use_supervisor and count < read_shard_map(client,
                                                  settings.shard_count).count and not wait:
         raise click.ClickException("--supervisor with fewer shards must wait (the removed "
                                    "shards' workers drain before the config drops them)")
     conf = supervisor_conf or settings.home / "supervisord.conf"
     console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
-    client = connect(settings.redis_url)
     before = read_shard_map(client, settings.shard_count)
     assert before.epoch is not None
     if count == before.count:

@@ -19,6 +19,7 @@ import celeryconfig
 from routing.queues import SHARD_HOST_QUEUE
 from shardhost.follower import ShardMapFollower
 from shardhost.host import WAIT_S, ShardHost
+from shardhost.solo_lease import adopt_shard_map
 
 #: Connections of the takes' client: one per hosted shard (its consumer thread) and more.
 QUEUE_CONNECTIONS = 2**16
@@ -49,6 +50,7 @@ class ShardHostStep(bootsteps.StartStopStep):
         # 8's default pool (100 connections) refuses the 101st shard's take.
         queues = redis.Redis.from_url(url, socket_timeout=WAIT_S + 5, socket_connect_timeout=5,
                                       max_connections=QUEUE_CONNECTIONS)
+        adopt_shard_map(leases, settings.shard_count, f"shard host {parent.hostname}")
         whole = settings.shard_range == tuple(range(settings.shard_count))
         follower = ShardMapFollower(
             leases, settings.shard_count, None if whole else frozenset(settings.shard_range),
