@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 
 chaos: $(STAMP)
-	$(PY) -m chaos.run
+	$(PY) -m chaos.run $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .shardline .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,7 @@ from routing.payload import check_payload, task_body
 from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
 from routing.queues import ORDERED_TASKS, SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, shard_queue
 from routing.redis_url import client_for
+from routing.replication import is_read_only
 from routing.router import ShardRouter, user_id_of
 from routing.shardmap import ShardMap, ShardMapCache
 from routing.userid import canonical_user_id
@@ -148,6 +149,9 @@ class DispatchResult:
 
 
 #: Errors that mean "the broker is unreachable right now": retried within the budget.
+#: So is ``READONLY`` (:func:`routing.replication.is_read_only`): the master was demoted in a
+#: failover, and a new connection (through Sentinel, or a name that now points elsewhere)
+#: finds the new one.
 RETRYABLE: tuple[type[BaseException], ...] = (
     OperationalError, redis.ConnectionError, redis.TimeoutError, ConnectionError,
 )
@@ -173,8 +177,11 @@ def with_publish_retry(app: Celery, what: str, fn: Callable[[], T],
             url = str(app.conf.broker_url)
             if problem := auth_problem(exc):
                 raise RedisAuthFailed(f"could not {what}: {auth_message(url, problem)}") from exc
-            if not isinstance(exc, RETRYABLE):
+            read_only = is_read_only(exc)
+            if not (read_only or isinstance(exc, RETRYABLE)):
                 raise
+            if read_only and (publisher := _publishers.get(app)):
+                publisher.script.redis.connection_pool.disconnect()  # reconnect, find the master
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PublishFailed(

@@ -53,3 +53,11 @@ def follow_master(client: redis.Redis) -> None:
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         pool.get_master_address()
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused by a replica (``READONLY``): plain, or from inside a
+    Lua script, which Redis reports as a script error and redis-py (even Sentinel's managed
+    connection) does not turn into ``ReadOnlyError``."""
+    return isinstance(exc, redis.ReadOnlyError) or (
+        isinstance(exc, redis.ResponseError) and "READONLY" in str(exc))

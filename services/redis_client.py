@@ -26,7 +26,9 @@ def connect(url: str) -> redis.Redis:
         socket_keepalive=True,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        # READONLY: the server was demoted in a failover; the retry reconnects and finds the
+        # master (through Sentinel, or a name that now points at the new one).
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
         max_connections=MAX_CONNECTIONS,
     )
 

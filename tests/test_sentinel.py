@@ -4,6 +4,7 @@ master, a replica and three sentinels started by the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import urllib.request
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import celeryconfig
 from deploy.embedded_redis import free_port
 from deploy.launcher import PROJECT_DIR, child_env, wait_for_workers
 from deploy.sentinel_group import MASTER_NAME, SentinelGroup
-from routing import keys
+from routing import ChatMessage, PublishFailed, keys, send
 from routing.queues import shard_queue
 from routing.redis_url import SentinelUrl, broker_url, client_for, parse_sentinel_url
 from tests.harness import WorkerSet, producer_for, wait_until
@@ -86,4 +88,22 @@ def test_every_process_runs_on_a_sentinel_url(sentinel_group: SentinelGroup,
                    what="/metrics")
     finally:
         workers.stop_all()
+        app.close()
+
+
+def test_a_producer_on_a_demoted_master_raises_publish_failed(
+        sentinel_group: SentinelGroup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer whose fixed URL points at a server that is now a replica (``READONLY``, as
+    the old master is after a failover) retries within PUBLISH_RETRY_S and then raises
+    PublishFailed. Fails if the READONLY error (a script error from the publish script)
+    escapes as a raw ``ResponseError`` traceback (it did)."""
+    sentinel_group.wait_ready()
+    replica = next(s for s in sentinel_group.servers if s.port != sentinel_group.master_port())
+    monkeypatch.setattr(celeryconfig, "settings",
+                        dataclasses.replace(celeryconfig.settings, publish_retry_s=1.0))
+    app = producer_for(replica.url)
+    try:
+        with pytest.raises(PublishFailed, match="READONLY"):
+            send(app, ChatMessage("ro-user", "hello"))
+    finally:
         app.close()
