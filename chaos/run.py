@@ -93,8 +93,9 @@ def run_chaos(params: ChaosParams, work_dir: Path) -> ChaosResult:
     rng = random.Random(params.seed)
     cluster = ChaosCluster(work_dir, params.shards, worker_env(params), sentinel=params.sentinel)
     cluster.start()
-    if params.sentinel:  # this process's producers wait for the replica too
-        celeryconfig.settings = dataclasses.replace(celeryconfig.settings, redis_wait_replicas=1)
+    if params.sentinel:  # this process's producers publish as the deployment is configured
+        celeryconfig.settings = dataclasses.replace(
+            celeryconfig.settings, redis_wait_replicas=1, shard_count=params.shards)
     app = producer_app(cluster.url)
     producers = Producers(app, users=params.users, threads=params.producer_threads,
                           pause_s=params.pause_s, scripted=params.sentinel)
