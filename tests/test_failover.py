@@ -6,8 +6,8 @@ users and the relay sends the replies to a fake Telegram, then drains and counts
 replies missing, duplicated and out of order, and replies the relay sent twice; it holds to the
 README's promise ("Production Redis": what a failover can lose): with
 ``REDIS_WAIT_REPLICAS=1`` nothing is lost, duplicated, reordered or sent twice; without it
-nothing is duplicated in the outbox or reordered, and what was lost or sent twice is reported. Each also reports the
-time from a failover to the first reply written after it.
+nothing is duplicated in the outbox or reordered, and what was lost or sent twice is reported.
+Each also reports the time from a failover to the first reply written after it.
 """
 
 from __future__ import annotations
