@@ -19,7 +19,8 @@ why that is safe:
   pipeline, keyed by user (and a user never runs on two threads at once); the barrier's one
   piece of memory (the epoch counts) is behind a lock;
 * the metrics recorder (``tasks.instrumentation``): per-task state in dicts keyed by task id
-  (one GIL-atomic operation each), counts in Redis.
+  (one GIL-atomic operation each), counts in Redis; the process's one recorder is built under
+  a lock (it was not: threads starting their first tasks at once could each build one).
 
 ``test_registry_is_built_once_and_shared_by_a_hosts_threads`` runs them all at once.
 """
@@ -27,9 +28,11 @@ why that is safe:
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -39,10 +42,12 @@ import psutil
 import pytest
 import redis
 
+import celeryconfig
 from cli.chatload import check_order, delivered_count
 from routing import ChatMessage, keys, send, shard_for
 from routing.envelope import USER_HEADER
 from routing.queues import SEND_AI_RESPONSE, shard_queue
+from services.registry import start_services, stop_services
 from shardhost.launcher import host_worker_argv
 from shardhost.lease import ShardLease
 from tests.handlers import GATE_PREFIX
@@ -467,6 +472,45 @@ def test_registry_is_built_once_and_shared_by_a_hosts_threads(producer, workers,
     assert _counted(rclient, keys.TASK_OUTCOMES, "succeeded") == total
     assert _counted(rclient, keys.TASK_DURATIONS, "count") == total
     _no_errors(workers, "host")
+
+
+def _first_task(ready: threading.Barrier, got: list[int]) -> None:
+    from tasks import instrumentation
+
+    ready.wait()
+    got.append(id(instrumentation.task_metrics()))
+
+
+def test_threads_starting_their_first_tasks_at_once_share_one_metrics_recorder(redis_url):
+    """A host starts with a backlog: its threads' first tasks call
+    ``tasks.instrumentation.task_metrics`` at the same moment. Breaks if that can build
+    several recorders (a check-then-set without a lock): a run started on a recorder that
+    another thread then replaced loses its duration, and its dead-letter mark (counted twice).
+    In this process, against a real registry; the thread switch interval is made tiny so
+    the race shows within the trials (about one trial in twelve without the lock)."""
+    from tasks import instrumentation
+
+    start_services(dataclasses.replace(celeryconfig.settings, redis_url=redis_url))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        split = 0
+        for _ in range(200):
+            instrumentation._recorder = None
+            ready = threading.Barrier(16)
+            got: list[int] = []
+            threads = [threading.Thread(target=_first_task, args=(ready, got))
+                       for _ in range(16)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            split += len(set(got)) > 1
+    finally:
+        sys.setswitchinterval(interval)
+        instrumentation._recorder = None
+        stop_services()
+    assert split == 0, f"{split} of 200 trials built more than one recorder"
 
 
 # ---- K gates a shard ------------------------------------------------------------------------
