@@ -112,6 +112,8 @@ class ShardHost:
         self.shards: dict[int, HostedShard] = {}
         self.queues: dict[int, ShardQueue] = {}
         self.stopping = threading.Event()
+        #: Set once a stopping host's runs have ended: the keeper renews the leases until then.
+        self._leases_given_up = threading.Event()
         self._consumers: dict[int, threading.Thread] = {}
         self._keeper = threading.Thread(target=self._keep, name="shard-keeper", daemon=True)
 
@@ -137,6 +139,7 @@ class ShardHost:
             else:
                 log.warning("shard %s: messages still running at stop stay in flight for the "
                             "next owner", slot.shard)
+        self._leases_given_up.set()
         self._keeper.join(WAIT_S * 3)
         self.workers.stop()
 
@@ -214,12 +217,16 @@ class ShardHost:
     def _keep(self) -> None:
         renew_every = self.lease_ttl_s / 3
         next_renew = next_map = time.monotonic()
-        while not self.stopping.wait(min(0.25, renew_every)):
+        # A stopping host keeps renewing until its runs have ended (``stop``): a lease that ran
+        # out under a run would let a standby run the message again, and fence this reply.
+        while not self._leases_given_up.wait(min(0.25, renew_every)):
             now = time.monotonic()
             try:
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + renew_every
+                if self.stopping.is_set():
+                    continue
                 if now >= next_map:
                     self._follow_map(now)
                     next_map = now + self.map_refresh_s
@@ -264,12 +271,13 @@ class ShardHost:
         lease = slot.lease
         if lease is None:
             return
+        # Given up here first, so a renewal racing the release reads as no loss of ours.
+        slot.lost(slot.generation)
         try:
             lease.release()
             log.info("released the shard lease of shard %s", slot.shard)
         except redis.RedisError as exc:  # it expires by itself
             log.warning("could not release the lease of shard %s: %s", slot.shard, exc)
-        slot.lost(slot.generation)
 
     def _follow_map(self, now: float) -> None:
         wanted = self.follower.wanted()
