@@ -226,6 +226,40 @@ def test_a_host_losing_one_shards_lease_keeps_its_others(producer, workers, rcli
     _no_errors(workers, "first")
 
 
+def test_a_stopping_host_keeps_its_leases_until_its_runs_have_ended(producer, workers,
+                                                                    rclient):
+    """SIGTERM (a warm shutdown) reaches a host while one of its messages runs, held at a
+    gate for longer than the lease TTL (3 s), with a standby host waiting. Breaks if the
+    stopping host stops renewing its leases before its runs have ended (its keeper stopped
+    with the consumers): the lease runs out under the run and passes to the standby (seen:
+    the standby holds it a whole TTL after the shutdown began), which runs the message
+    again, and the stopping host's own reply is fenced and thrown away. Also
+    breaks if the host does not answer the message, exit 0 and give the lease up."""
+    workers.env.update(AI_HANDLER="tests.handlers:gated", SHARD_LEASE_TTL_S="3")
+    [user] = _users_on(0, 1)
+    host = workers.start_host("host", "0", 1)
+    wait_until(lambda: _holder_pid(rclient, 0) == host.pid, 60, what="the host's lease")
+    standby = workers.start_host("standby", "0", 1)
+    wait_until(lambda: "hosting shards [0]" in workers.log("standby"), 60,
+               what="the standby host")
+    gate = "test:gate:stop"
+    send(producer, ChatMessage(user, f"{GATE_PREFIX}{gate}", extra={"seq": 0}))
+    wait_until(lambda: len(_inflight(rclient, 0)) == 1, 60, what="the message running")
+    host.send_signal(signal.SIGTERM)
+    wait_until(lambda: "Warm shutdown" in workers.log("host"), 60, what="the warm shutdown")
+    began = float("{}.{:06d}".format(*rclient.time()))
+    lease = keys.shard_lease(0)
+    wait_until(lambda: float(rclient.hget(lease, "renewed_at") or 0) > began + 3, 60,
+               what="a renewal a whole TTL after the shutdown began")
+    assert _holder_pid(rclient, 0) == host.pid
+    rclient.set(gate, "open")
+    assert host.wait(60) == 0
+    wait_until(lambda: _holder_pid(rclient, 0) == standby.pid, 60, what="the standby's turn")
+    assert [(_pid(r), r["seq"]) for r in _replies(rclient, user)] == [(host.pid, "0")]
+    assert "restored 0 stranded message(s)" in workers.log("standby")
+    _no_errors(workers, "host")
+
+
 # ---- two hosts on one range --------------------------------------------------------------
 
 
