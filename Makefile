@@ -20,8 +20,8 @@ run: $(STAMP)
 	$(VENV)/bin/shardline run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check routing tasks services deploy cli tests bench chaos jobs promises api ingest metrics celeryconfig.py
-	$(VENV)/bin/mypy routing tasks services deploy cli chaos jobs promises api ingest metrics celeryconfig.py
+	$(VENV)/bin/ruff check routing tasks services shardhost deploy cli tests bench chaos jobs promises api ingest metrics celeryconfig.py
+	$(VENV)/bin/mypy routing tasks services shardhost deploy cli chaos jobs promises api ingest metrics celeryconfig.py
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -308,7 +308,7 @@ task_ignore_result = True
 result_backend = None
 
 task_acks_late = True
-task_reject_on_worker_lost = False  # True would requeue at the tail: see ORDERING.md
+task_reject_on_worker_lost = False  # True would requeue at the tail: see docs/ordering.md
 worker_prefetch_multiplier = 1
 task_time_limit = settings.task_time_limit_s
 task_routes = ("routing.router.route_task",)

@@ -6,12 +6,15 @@ request that does not apply 409, an unreachable broker 503. Served by ``python -
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api import routes_messages, routes_ops, routes_work
@@ -29,7 +32,20 @@ def _field_error(field: str, message: str) -> JSONResponse:
                                      "type": "value_error"}]}, status_code=422)
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a 422 echoes the bad input, which may hold a lone
+    surrogate ("\\ud800") that UTF-8 cannot encode (the response would fail with a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
 def _install_error_mapping(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
     @app.exception_handler(InvalidWork)
     async def invalid_work(_: Request, exc: InvalidWork) -> JSONResponse:
         return _field_error(exc.field, exc.message)

@@ -21,7 +21,7 @@ from promises.recovery import recover_promises
 from promises.runtime import promise_service
 from promises.service import PromiseService
 from routing import keys, producer_app
-from routing.dispatch import max_text_bytes
+from routing.dispatch import max_payload_bytes
 from services.redis_client import connect
 
 log = logging.getLogger("shardline.api")
@@ -40,8 +40,7 @@ class ApiState:
     def build(cls, settings: Any) -> ApiState:
         if not settings.redis_url:
             raise RuntimeError("no Redis: set REDIS_URL or start the service with shardline run")
-        app = producer_app("shardline-api")
-        app.conf.broker_url = settings.redis_url
+        app = producer_app("shardline-api", settings.redis_url)
         client = connect(settings.redis_url)
         return cls(settings=settings, producer=app, redis=client,
                    jobs=JobStore(client, ttl_s=settings.job_ttl_s),
@@ -52,7 +51,7 @@ class ApiState:
         s = self.settings
         acted = recover_promises(self.promises, lease_s=s.work_lease_s)
         missed = catch_up(self.ingest, self.producer, start=time.time(),
-                          window_s=s.catchup_window_s, max_text_bytes=max_text_bytes(),
+                          window_s=s.catchup_window_s, max_payload_bytes=max_payload_bytes(),
                           processed=lambda m: bool(m.task_id)
                           and bool(self.redis.exists(keys.done(m.task_id))))
         log.info("start-up: %d promise(s) moved on, %d missed message(s) queued",

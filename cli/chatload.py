@@ -102,3 +102,11 @@ def check_order(client: redis.Redis, expected: dict[str, int]) -> OrderReport:
 def delivered_count(client: redis.Redis) -> int:
     """Outbox entries written so far, over all users."""
     return int(client.xlen(keys.OUTBOX_FEED))
+
+
+def delivered_to(client: redis.Redis, users: Iterable[str]) -> int:
+    """Outbox entries written so far to ``users`` (one round trip)."""
+    with client.pipeline(transaction=False) as pipe:
+        for user in users:
+            pipe.xlen(keys.outbox(user))
+        return sum(int(n) for n in pipe.execute())

@@ -96,8 +96,17 @@ def outbox(user_id: str, as_json: bool) -> None:
               help="Run the workload worker (WORKLOAD_CONCURRENCY processes) on this host.")
 @click.option("--beat/--no-beat", default=True, show_default=True,
               help="Run beat on this host; exactly one host of a deployment must.")
-def supervisor_config(shard_range: str | None, workloads: bool, beat: bool) -> None:
-    """Print supervisord.conf for this host's shards (SHARD_RANGE by default)."""
+@click.option("--runtime", type=click.Choice(["hosts", "solo"]), default=None,
+              help="Shard hosts or a solo worker per shard [default: SHARD_RUNTIME].")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Shard hosts on this machine [default: SHARD_PROCESSES].")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Messages per shard at once, of different users "
+                   "[default: SHARD_CONCURRENCY].")
+def supervisor_config(shard_range: str | None, workloads: bool, beat: bool,
+                      runtime: str | None, processes: int | None,
+                      concurrency: int | None) -> None:
+    """Print supervisord.conf for this machine's shards (SHARD_RANGE by default)."""
     settings = _settings()
     try:
         shards = (celeryconfig.parse_shard_range(shard_range, settings.shard_count)
@@ -106,9 +115,13 @@ def supervisor_config(shard_range: str | None, workloads: bool, beat: bool) -> N
         raise click.ClickException(str(exc)) from exc
     if list(shards) != list(range(shards[0], shards[-1] + 1)):
         raise click.ClickException("supervisor config needs a contiguous range like 0-3")
-    sys.stdout.write(render_supervisor(shards[0], shards[-1], python=sys.executable,
-                                       with_workloads=workloads, with_beat=beat,
-                                       workload_concurrency=settings.workload_concurrency))
+    sys.stdout.write(render_supervisor(
+        shards[0], shards[-1], python=sys.executable, with_workloads=workloads, with_beat=beat,
+        workload_concurrency=settings.workload_concurrency,
+        runtime=runtime or settings.shard_runtime,
+        processes=processes or settings.shard_processes,
+        concurrency=concurrency or settings.shard_concurrency,
+        whole=list(shards) == list(range(settings.shard_count))))
 
 
 @main.command()

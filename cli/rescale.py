@@ -17,6 +17,7 @@ drain when shrinking (the removed workers have exited by then).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -136,10 +137,21 @@ def _wait(console: Console, client: redis.Redis, before: ShardMap, epoch: int,
 def _supervisor_update(console: Console, conf: Path, count: int) -> None:
     settings = celeryconfig.settings
     first_line = conf.read_text().splitlines()[0] if conf.exists() else ""
+
+    def flag(name: str, default: int) -> int:
+        found = re.search(rf"--{name} (\d+)", first_line)
+        return int(found.group(1)) if found else default
+
+    # Hosts follow the map by themselves (the rewrite changes nothing they run); a solo
+    # deployment needs a worker per new shard.
     text = render_supervisor(0, count - 1, python=sys.executable,
                              with_workloads="--no-workloads" not in first_line,
                              with_beat="--no-beat" not in first_line,
-                             workload_concurrency=settings.workload_concurrency)
+                             workload_concurrency=settings.workload_concurrency,
+                             runtime="solo" if "--runtime solo" in first_line else "hosts",
+                             processes=flag("processes", settings.shard_processes),
+                             concurrency=flag("concurrency", settings.shard_concurrency),
+                             whole=True)
     partial = conf.with_name(conf.name + ".new")
     partial.write_text(text)
     partial.replace(conf)

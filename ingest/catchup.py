@@ -43,21 +43,21 @@ def _chat_message(message: IngestedMessage) -> ChatMessage:
                        chat_id=message.chat_id, sent_at=message.sent_at)
 
 
-def republish(app: Celery, message: IngestedMessage, max_text_bytes: int) -> str:
+def republish(app: Celery, message: IngestedMessage, max_payload_bytes: int) -> str:
     """Publish ``message`` again through the router; under its first task id if it had one."""
     chat = _chat_message(message)
     if not message.task_id:
         return send(app, chat).task_id  # its first publish failed, so its claim was released
-    validate(chat, max_text_bytes)
+    validate(chat, max_payload_bytes)
     return publish_task(app, chat.task_name, [chat.user_id, chat.text], chat.task_kwargs(),
                         task_id=message.task_id)
 
 
 def catch_up(source: MessageSource, app: Celery, *, start: float, window_s: float,
-             processed: Processed, max_text_bytes: int) -> list[IngestedMessage]:
+             processed: Processed, max_payload_bytes: int) -> list[IngestedMessage]:
     """Queue the missed messages of the window; returns them in the order they were queued."""
     missed = select_missed(source.messages_since(start - window_s), start=start,
                            window_s=window_s, processed=processed)
     for message in missed:
-        republish(app, message, max_text_bytes)
+        republish(app, message, max_payload_bytes)
     return missed

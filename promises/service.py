@@ -17,7 +17,7 @@ from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from promises.kinds import check_params
 from promises.models import PromiseEdge, PromiseRow, PromiseStatus
 from promises.store import Promise, PromiseStore
-from routing.dispatch import ChatMessage, max_text_bytes, publish_task, validate
+from routing.dispatch import ChatMessage, max_payload_bytes, publish_task, validate
 from routing.queues import NOTIFY_PROMISE_DONE
 from routing.userid import canonical_user_id
 
@@ -156,7 +156,7 @@ class PromiseService:
         outcome = promise.error if promise.error else json.dumps(promise.result)
         text = f"Promise {promise.description or promise.id} {promise.status.value}: {outcome}"
         message = ChatMessage(promise.user_id, text[:2000], message_id=f"promise:{promise.id}")
-        validate(message, max_text_bytes())
+        validate(message, max_payload_bytes())
         publish_task(self.app, NOTIFY_PROMISE_DONE, [message.user_id, message.text],
                      {"promise_id": promise.id, "status": promise.status.value,
                       "message_id": message.message_id, "sent_at": time.time()},

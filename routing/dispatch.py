@@ -6,7 +6,7 @@ Every message is routed by the router's rules (``routing.router``) and checked b
 anything is sent. A message with a ``message_id`` is published at most once per user within
 ``DEDUP_WINDOW_S``; each published message gets the user's next sequence number
 (``routing.publish``). While Redis is unreachable a publish is retried for ``PUBLISH_RETRY_S``,
-then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (ORDERING.md).
+then :class:`PublishFailed` is raised. Never set a queue, priority or ETA here (docs/ordering.md).
 
 Messages are routed with the deployment's shard map (``routing.shardmap``) as read from the
 app's Redis, and the publish script refuses a batch routed under an epoch that is no longer
@@ -19,6 +19,8 @@ routes with ``n`` shards and is not fenced.
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -34,6 +36,7 @@ from routing import keys
 from routing.envelope import USER_HEADER, EnvelopeBuilder
 from routing.errors import InvalidDispatch, PublishFailed
 from routing.hashing import shard_for
+from routing.payload import check_payload, task_body
 from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
 from routing.queues import ORDERED_TASKS, SEND_AI_RESPONSE, SEND_PROACTIVE_MESSAGE, shard_queue
 from routing.router import ShardRouter, user_id_of
@@ -43,11 +46,30 @@ from routing.userid import canonical_user_id
 T = TypeVar("T")
 
 
-def producer_app(name: str = "shardline-producer") -> Celery:
-    """A Celery app for publishing only, configured from ``celeryconfig``."""
-    app = Celery(name)
-    app.config_from_object("celeryconfig")
-    return app
+#: Producer apps of this process by (name, broker URL), with the pid that built them: building
+#: a Celery app costs milliseconds (configuration, kombu setup), more than a send itself.
+_producer_apps: dict[tuple[str, str], tuple[int, Celery]] = {}
+_producer_apps_lock = threading.Lock()
+
+
+def producer_app(name: str = "shardline-producer", broker_url: str | None = None) -> Celery:
+    """The process's Celery app for publishing only, configured from ``celeryconfig``, on
+    ``broker_url`` (default: celeryconfig's). One app per name and broker URL per process:
+    call it per send at no cost. A forked child builds its own, never sharing the parent's
+    connections. Configure a copy of your own (``Celery(...)``) rather than changing this one.
+    """
+    import celeryconfig
+
+    url = broker_url or str(celeryconfig.broker_url)
+    with _producer_apps_lock:
+        cached = _producer_apps.get((name, url))
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        app = Celery(name)
+        app.config_from_object("celeryconfig")
+        app.conf.broker_url = url
+        _producer_apps[(name, url)] = (os.getpid(), app)
+        return app
 
 
 @dataclass(frozen=True)
@@ -66,6 +88,9 @@ class ChatMessage:
     def task_name(self) -> str:
         return SEND_PROACTIVE_MESSAGE if self.proactive else SEND_AI_RESPONSE
 
+    def task_args(self) -> tuple[int | str, str]:
+        return (self.user_id, self.text)
+
     def task_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "message_id": self.message_id,
@@ -76,26 +101,33 @@ class ChatMessage:
         return kwargs
 
 
-def validate(message: ChatMessage, max_text_bytes: int) -> None:
-    """Raise before publishing when ``message`` could not be answered."""
+def validate(message: ChatMessage, max_payload_bytes: int) -> None:
+    """Raise before publishing when ``message`` could not be answered: a bad user id, a bad
+    text, or a body the worker would refuse as over ``max_payload_bytes``."""
+    _check_message(message)
+    check_payload(task_body(message.task_args(), message.task_kwargs()), max_payload_bytes)
+
+
+def _check_message(message: ChatMessage) -> None:
     canonical_user_id(message.user_id)
-    _check_text(message.text, max_text_bytes)
+    _check_text(message.text)
 
 
-def _check_text(text: object, max_text_bytes: int) -> None:
+def _check_text(text: object) -> None:
     if not isinstance(text, str):
         raise InvalidDispatch(f"text must be a str, got {type(text).__name__}")
-    size = len(text.encode("utf-8"))
-    if size > max_text_bytes:
-        raise InvalidDispatch(f"text is {size} bytes, over the limit of {max_text_bytes} bytes")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no worker could store or send it
+        raise InvalidDispatch(f"text must be valid Unicode text, got "
+                              f"{exc.object[exc.start:exc.end]!r} at index {exc.start}") from None
 
 
-def max_text_bytes() -> int:
-    """Longest text a producer may send, in UTF-8 bytes."""
+def max_payload_bytes() -> int:
+    """The worker's payload limit (``MAX_PAYLOAD_BYTES``), which producers check before sending."""
     import celeryconfig
 
-    # Leave room for the envelope (headers, base64 body) under the worker's payload limit.
-    return celeryconfig.settings.max_payload_bytes // 2
+    return celeryconfig.settings.max_payload_bytes
 
 
 @dataclass(frozen=True)
@@ -183,7 +215,8 @@ def _publisher(app: Celery) -> _Publisher:
         client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=10,
                                       socket_connect_timeout=2)
         publisher = _Publisher(
-            EnvelopeBuilder(app), PublishScript(client, settings.dedup_window_s),
+            EnvelopeBuilder(app, max_payload_bytes=settings.max_payload_bytes),
+            PublishScript(client, settings.dedup_window_s),
             # Never expires: the publish script says when it is stale (see _publish_routed).
             ShardMapCache(client, settings.shard_count, refresh_s=math.inf))
         _publishers[app] = publisher
@@ -217,7 +250,7 @@ def _publish_routed(app: Celery, route: Callable[[EnvelopeBuilder, ShardMap], li
         shard_map = pinned.shard_map() if pinned else publisher.maps.current()
         outgoing = route(publisher.builder, shard_map)
         try:
-            return publisher.script(outgoing, shard_map.epoch)
+            return publisher.script(outgoing, shard_map.epoch, shard_map.count)
         except StaleEpoch as stale:
             if stale.count is None:
                 publisher.maps.refresh()
@@ -238,13 +271,12 @@ def dispatch_batch(app: Celery, messages: Iterable[ChatMessage]) -> list[Dispatc
     Celery's ``before/after_task_publish`` signals do not fire for these messages.
     """
     batch = list(messages)
-    limit = max_text_bytes()
     for message in batch:
-        validate(message, limit)
+        _check_message(message)  # and the payload size as each is built
     task_ids = [uuid() for _ in batch]
 
     def route(builder: EnvelopeBuilder, shard_map: ShardMap) -> list[Outgoing]:
-        return [_outgoing(builder, m.task_name, (m.user_id, m.text), m.task_kwargs(), shard_map,
+        return [_outgoing(builder, m.task_name, m.task_args(), m.task_kwargs(), shard_map,
                           task_id, message_id=m.message_id)
                 for m, task_id in zip(batch, task_ids, strict=True)]
 
@@ -268,8 +300,8 @@ def send_ordered(app: Celery, name: str, args: tuple[Any, ...] | list[Any],
     if name not in ORDERED_TASKS:
         raise InvalidDispatch(f"{name} is not an ordered task")
     text = args[1] if len(args) > 1 else kwargs.get("text")
-    if text is not None:  # the user id is checked as the message is routed (_outgoing)
-        _check_text(text, max_text_bytes())
+    if text is not None:  # the user id and the payload size are checked as it is built
+        _check_text(text)
     message_id = kwargs.get("message_id")
     return DispatchResult.of(_publish_one(
         app, name, args, kwargs, task_id=task_id or uuid(), headers=headers, numbered=True,

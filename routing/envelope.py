@@ -13,8 +13,9 @@ it to run several users of one shard at once, ``shardhost.protocol``), ``publish
 (producer clock, unix seconds: the age of the oldest waiting message), ``shardline_epoch``, the
 shard-map epoch the message was routed under (``routing.shardmap``), and ``shardline_seq``, the
 user's sequence number, which only the publish script in Redis can know: the envelope carries
-:data:`SEQ_PLACEHOLDER` and the script puts the number in its place (``routing.publish``). This
-module builds; it never publishes.
+:data:`SEQ_PLACEHOLDER` and the script puts the number in its place (``routing.publish``). A
+builder given ``max_payload_bytes`` refuses a body the worker would refuse
+(``routing.payload``). This module builds; it never publishes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps
 from kombu.utils.uuid import uuid
 
+from routing.payload import check_payload, task_body
+
 #: Header holding the user's sequence number of an ordered message (assigned at publish).
 SEQ_HEADER = "shardline_seq"
 #: Header holding the shard-map epoch a message was routed under (absent: a pinned map).
@@ -41,13 +44,14 @@ PUBLISHED_AT_HEADER = "published_at"
 #: JSON text the publish script replaces with the sequence number (quotes included).
 SEQ_PLACEHOLDER = '"@shardline-seq@"'
 _SEQ_MARK = SEQ_PLACEHOLDER.strip('"')
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 class EnvelopeBuilder:
     """Builds protocol-2 task envelopes for one producer app (its reply-to id and origin)."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, max_payload_bytes: int | None = None) -> None:
+        #: The worker's payload limit: a bigger body raises ``InvalidDispatch`` (None: no check).
+        self.max_payload_bytes = max_payload_bytes
         self.reply_to = app.thread_oid
         self.origin = anon_nodename()
         self.args_max = app.amqp.argsrepr_maxsize
@@ -63,8 +67,10 @@ class EnvelopeBuilder:
         (barrier markers, ``release_held``, notices, replays) are not numbered and carry no
         ``shardline_seq``. ``headers``: extra message headers, as ``send_task(headers=...)``.
         """
+        body = task_body(args, kwargs)
+        if self.max_payload_bytes is not None:
+            check_payload(body, self.max_payload_bytes)
         task_id = task_id or uuid()
-        body = dumps((args, kwargs, _EMBED)).encode("utf-8")
         message_headers = {
             **(headers or {}),
             "lang": "py",

@@ -8,7 +8,8 @@ class ShardlineError(Exception):
 
 
 class InvalidUserId(ShardlineError, ValueError):
-    """A user id that cannot be routed: not an int >= 0, not a non-empty str of <= 256 chars."""
+    """A user id that cannot be routed: not an int >= 0, not a non-empty str of <= 256 chars
+    of valid Unicode text (no lone surrogates)."""
 
 
 class InvalidDispatch(ShardlineError, ValueError):

@@ -45,12 +45,32 @@ def read_shard_map(client: redis.Redis, default_count: int) -> ShardMap:
 
 
 def epoch_counts(client: redis.Redis, default_count: int) -> dict[int, int]:
-    """Epoch -> shard count for every epoch so far (epoch 0 is ``default_count`` until the
-    first rescale records it)."""
+    """Epoch -> shard count for every epoch so far. Until the first rescale records epoch 0,
+    its count is the map's (written by the deployment's first publisher or consumer), or
+    ``default_count`` while there is no map at all."""
     raw: Mapping[object, object] = client.hgetall(keys.SHARD_MAP_EPOCHS)  # type: ignore[assignment]
     counts = {int(as_text(e)): int(as_text(c)) for e, c in raw.items()}
-    counts.setdefault(0, default_count)
+    if 0 not in counts:
+        current = read_shard_map(client, default_count)
+        counts[0] = current.count if current.epoch == 0 else default_count
     return counts
+
+
+# KEYS: map. ARGV: count. The map as it is now; written first (epoch 0) if there is none.
+_CLAIM = """
+if not redis.call('HGET', KEYS[1], 'count') then
+  redis.call('HSET', KEYS[1], 'count', ARGV[1], 'epoch', '0')
+end
+return redis.call('HMGET', KEYS[1], 'count', 'epoch')
+"""
+
+
+def claim_shard_map(client: redis.Redis, count: int) -> ShardMap:
+    """The deployment's map; a deployment's first consumer (or publisher) writes it with its
+    ``SHARD_COUNT``, so from then on every process follows one count (``SHARD_COUNT`` of a
+    process that disagrees is only its default before any map exists)."""
+    reply = client.register_script(_CLAIM)(keys=[keys.SHARD_MAP], args=[count])
+    return ShardMap(int(as_text(reply[0])), int(as_text(reply[1])))
 
 
 class ShardMapCache:

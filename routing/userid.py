@@ -31,6 +31,14 @@ def canonical_user_id(user_id: object) -> str:
                 f"user id must be at most {MAX_USER_ID_CHARS} chars, got {len(user_id)} chars: "
                 f"{user_id[:32]!r}..."
             )
+        try:
+            user_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A lone surrogate ("\ud800"): valid JSON, but no Redis key or hash can hold it.
+            raise InvalidUserId(
+                f"user id must be valid Unicode text, got {user_id[:32]!r} with "
+                f"{exc.object[exc.start:exc.end]!r} at index {exc.start}"
+            ) from None
         return user_id
     raise InvalidUserId(
         f"user id must be an int >= 0 or a non-empty str, got {type(user_id).__name__} {user_id!r}"

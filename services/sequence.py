@@ -10,9 +10,11 @@ What is not a violation, and why:
 
 * **The same number again**: a redelivery after a crash mid-task (the stranded message goes
   back to the head of its shard and runs again).
-* **A message already delivered** is not checked at all (``OrderedTask`` checks after the
+* **A message already delivered** is not checked (``OrderedTask`` checks after the
   done-marker): a second copy that is skipped changes nothing the user sees, wherever it
-  runs.
+  runs. A copy carrying the user's next number is recorded as started, though: it is a
+  publish retried after its reply was lost, of a message without a message id to claim
+  (``routing.publish``), whose number would otherwise show as a gap before the next one.
 * **A user's first number seen**: there is nothing to compare it with (the numbering may
   predate the check, or the record may have been cleared); it becomes the baseline.
 * **Messages without the header** are never checked: control messages and re-sends
@@ -43,12 +45,18 @@ log = logging.getLogger(__name__)
 # KEYS: started-seq hash, violations hash, done-marker ('' for none). ARGV: user, seq ('' for
 # an unnumbered message), shard field.
 # Returns the verdict and the highest number that had started before (or false); 'done' when
-# the message was delivered already (then nothing is checked or recorded).
+# the message was delivered already (then nothing is checked, and its number is recorded only
+# when it is the next one).
 _STARTED = """
-if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then return {'done', false} end
-if ARGV[2] == '' then return {'unnumbered', false} end
 local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 local seq = tonumber(ARGV[2])
+if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+  if seq ~= nil and last ~= nil and seq == last + 1 then
+    redis.call('HSET', KEYS[1], ARGV[1], seq)
+  end
+  return {'done', false}
+end
+if ARGV[2] == '' then return {'unnumbered', false} end
 if last == nil then
   redis.call('HSET', KEYS[1], ARGV[1], seq)
   return {'first', false}

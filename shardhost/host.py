@@ -37,6 +37,7 @@ from shardhost.lease import ShardLease
 from shardhost.protocol import LeaseNotOwned, ShardQueue, renew_many
 from shardhost.slot import HostedShard, Run
 from shardhost.stranded import LeaseNotHeld, restore_stranded
+from shardhost.transport import dead_letter_raw
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class ShardHost:
             self.workers.release(permits - len(taken.items))
             for raw in taken.items:
                 payload = parse(raw)
-                run = slot.start(raw, user_of(payload))
+                run = slot.start(raw, user_of(payload), generation)
                 self.workers.submit(functools.partial(self._run, slot, ops, run, payload, token))
             if taken.items:
                 continue
@@ -209,6 +210,14 @@ class ShardHost:
             # The run ended but its ack did not reach Redis: the message stays in flight; a
             # restore finds its done-marker and does not deliver it again.
             log.warning("shard %s: could not ack a message (%s)", slot.shard, exc)
+        except Exception as exc:
+            # Not the task failing (the tracer handles that): running it at all failed. Left
+            # in flight, it would come back at the head on the next takeover, after the
+            # user's later messages; it is parked with its reason instead.
+            log.exception("shard %s: a message could not be run", slot.shard)
+            dead_letter_raw(slot.queue, run.raw, f"the shard host could not run it: {exc!r}")
+            if slot.current(run):
+                ops.ack(token, run.raw)
         finally:
             self.workers.release()
             slot.finished(run)

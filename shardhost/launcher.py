@@ -33,6 +33,7 @@ import redis
 import celeryconfig
 from routing.queues import SHARD_HOST_QUEUE, shard_queue
 from shardhost.follower import ShardMapFollower
+from shardhost.solo_lease import adopt_shard_map
 
 #: Seconds a worker gets to finish its task after SIGTERM before it is killed.
 STOP_GRACE_S = 30.0
@@ -174,6 +175,10 @@ def _say(text: str) -> None:
 def main() -> int:
     settings = celeryconfig.settings
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if settings.redis_url:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                      socket_connect_timeout=2)
+        adopt_shard_map(client, settings.shard_count, "the shard runner")
     if settings.shard_runtime == "hosts":
         return HostProcesses(settings.shard_processes, settings.log_level).run()
     follower = None

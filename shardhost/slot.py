@@ -75,10 +75,15 @@ class HostedShard:
             self.cond.notify_all()
             return True
 
-    def start(self, raw: bytes, user: str | None) -> Run:
+    def start(self, raw: bytes, user: str | None, generation: int) -> Run:
+        """Record a run of ``raw``, taken under ``generation``. Taken under a generation that
+        has ended since (the lease was lost in between): it runs abandoned from the start."""
         with self.cond:
-            run = Run(raw, user, self.generation)
-            self.running[raw] = run
+            run = Run(raw, user, generation)
+            if generation == self.generation and self.lease is not None:
+                self.running[raw] = run
+            else:
+                self.abandoned += 1
             return run
 
     def current(self, run: Run) -> bool:

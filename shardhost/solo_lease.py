@@ -34,6 +34,7 @@ from celery.worker import state as worker_state
 
 import celeryconfig
 from routing.queues import shard_of_queue
+from routing.shardmap import ShardMap, claim_shard_map
 from services.conversation import Fence
 from shardhost.lease import ShardLease
 from shardhost.stranded import LeaseNotHeld, restore_stranded
@@ -120,6 +121,7 @@ class ShardLeaseStep(bootsteps.StartStopStep):
             self.lease = ShardLease(lease_client(url, settings.shard_lease_ttl_s), shard,
                                     ttl_s=settings.shard_lease_ttl_s)
             self.queue = queue
+            adopt_shard_map(self.lease.redis, settings.shard_count, f"worker of {queue}")
         self._wait_for_lease(queue)
         started = time.monotonic()
         try:
@@ -169,6 +171,17 @@ class ShardLeaseStep(bootsteps.StartStopStep):
                 log.info("released the shard lease of %s", self.queue)
             except redis.RedisError as exc:  # it expires by itself
                 log.warning("could not release the lease of %s: %s", self.queue, exc)
+
+
+def adopt_shard_map(client: redis.Redis, shard_count: int, who: str) -> ShardMap:
+    """The deployment's shard map (written with ``shard_count`` if this is its first
+    consumer); a differing SHARD_COUNT is reported and the map followed."""
+    current = claim_shard_map(client, shard_count)
+    if current.count != shard_count:
+        log.warning("%s: the deployment's shard map has %d shards (epoch %d); SHARD_COUNT=%d "
+                    "of this process is not used", who, current.count, current.epoch,
+                    shard_count)
+    return current
 
 
 def consumed_shard(parent: Any) -> tuple[str, int | None]:

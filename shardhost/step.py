@@ -19,6 +19,7 @@ import celeryconfig
 from routing.queues import SHARD_HOST_QUEUE
 from shardhost.follower import ShardMapFollower
 from shardhost.host import WAIT_S, ShardHost
+from shardhost.solo_lease import adopt_shard_map
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class ShardHostStep(bootsteps.StartStopStep):
         timeout = max(min(ttl / 10, 2.0), 0.2)
         leases = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         queues = redis.Redis.from_url(url, socket_timeout=WAIT_S + 5, socket_connect_timeout=5)
+        adopt_shard_map(leases, settings.shard_count, f"shard host {parent.hostname}")
         whole = settings.shard_range == tuple(range(settings.shard_count))
         follower = ShardMapFollower(
             leases, settings.shard_count, None if whole else frozenset(settings.shard_range),

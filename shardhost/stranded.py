@@ -3,7 +3,7 @@
 kombu's Redis transport keeps each delivered, not yet acked message in the global hash
 ``unacked`` (and ``unacked_index``) until it is acked. A worker killed mid-task leaves its
 message there, and kombu returns it only after the visibility timeout, after the user's later
-messages (ORDERING.md). A shard worker also keeps each taken message in the shard's in-flight
+messages (docs/ordering.md). A shard worker also keeps each taken message in the shard's in-flight
 list until the ack (``shardhost.transport``), which covers a crash between the take and kombu's
 ``unacked`` record. The shard's next lease owner calls :func:`restore_stranded` before it
 consumes anything: it restores the in-flight list first, then any ``unacked`` entry of the queue

@@ -18,7 +18,8 @@ from kombu.message import Message
 
 import celeryconfig
 from metrics.schema import UNKNOWN
-from routing.errors import InvalidUserId
+from routing.errors import InvalidDispatch, InvalidUserId
+from routing.payload import check_payload
 from routing.queues import ORDERED_TASKS
 from routing.router import user_id_of
 from routing.userid import canonical_user_id
@@ -51,9 +52,10 @@ def _raw_text(message: Message) -> str:
 
 def preflight(message: Message, tasks: Any, max_payload_bytes: int) -> None:
     """Raise :class:`Poison` if ``message`` cannot be run as a shardline task."""
-    size = len(message.body or b"")
-    if size > max_payload_bytes:
-        raise Poison(f"payload of {size} bytes is over the limit of {max_payload_bytes} bytes")
+    try:
+        check_payload(message.body or b"", max_payload_bytes)  # the producer's check, too
+    except InvalidDispatch as exc:
+        raise Poison(str(exc)) from None
     headers = message.headers
     if not isinstance(headers, dict) or not isinstance(headers.get("task"), str):
         raise Poison("not a task message (no task header; only protocol 2 is accepted)")

@@ -2,7 +2,7 @@
 
 A shard runs one message at a time, so whatever this base does happens before the user's next
 message starts. It must never call ``Task.retry()``, ``reject(requeue=True)`` or set an ETA:
-each of those puts the message behind the user's later ones (ORDERING.md).
+each of those puts the message behind the user's later ones (docs/ordering.md).
 
 With ``ORDERED_ON_FAILURE=hold`` a parked message holds its user's later ordered messages
 (``services.hold``); this base holds them, and runs them in order once the parked one is
@@ -12,6 +12,10 @@ After a rescale, a moved user's messages routed under the new epoch are held the
 in every mode, until their old shard has run everything it still had for them
 (``services.barrier``). Every message that starts is checked against its user's sequence
 number (``services.sequence``): a step back or a gap is counted as an order violation.
+
+A step before the body that raises (the barrier check, the hold, the done-marker and order
+check) parks the message in the dead-letter store with the error, as a failed body would be:
+raised into Celery, the message would be logged and acknowledged, a silent drop.
 """
 
 from __future__ import annotations
@@ -96,7 +100,11 @@ class OrderedTask(Task):
         user = _user_of(args, kwargs)
         if user is None:
             return self._run_in_place(args, kwargs, replay_of=None, seq=seq)
-        barrier = services().get("barriers").check_for(user, epoch, shard_of_request(self.request))
+        try:
+            barrier = services().get("barriers").check_for(user, epoch,
+                                                           shard_of_request(self.request))
+        except Exception as exc:
+            return self._park_unstarted(exc, args, kwargs, replay_of=None)
         if barrier is None and self.holdable and not hold_mode:
             return self._run_in_place(args, kwargs, replay_of=None, seq=seq)  # nothing can hold it
         holds = services().get("holds")
@@ -112,7 +120,10 @@ class OrderedTask(Task):
         message = HeldMessage(self.name, self.request.id, list(args), dict(kwargs), seq=seq,
                               epoch=epoch)
         while True:
-            admission = holds.admit(user, message, barrier)
+            try:
+                admission = holds.admit(user, message, barrier)
+            except Exception as exc:
+                return self._park_unstarted(exc, args, kwargs, replay_of=None)
             if admission is Admission.HELD:
                 # Held behind a parked message (hold mode) or a rescale's drain barrier.
                 log.info("%s %s (seq %s) held: user %s is held", self.name, self.request.id,
@@ -154,14 +165,17 @@ class OrderedTask(Task):
         sequence number of this message (checked as it starts), ``None`` for unnumbered ones."""
         task_id = self.request.id
         user = _user_of(args, kwargs)
-        if user is not None:  # the done-marker and the order alarm in one round trip
-            shard = shard_of_request(self.request)
-            verdict = services().get("sequence").started(
-                user, seq, "?" if shard is None else shard, task_id, unless_done=True)
-            already_done = verdict is Verdict.DONE
-        else:
-            already_done = task_id is not None and services().get(
-                "conversations").already_done(task_id)
+        try:
+            if user is not None:  # the done-marker and the order alarm in one round trip
+                shard = shard_of_request(self.request)
+                verdict = services().get("sequence").started(
+                    user, seq, "?" if shard is None else shard, task_id, unless_done=True)
+                already_done = verdict is Verdict.DONE
+            else:
+                already_done = task_id is not None and services().get(
+                    "conversations").already_done(task_id)
+        except Exception as exc:
+            return self._park_unstarted(exc, args, kwargs, replay_of)
         if already_done:
             log.info("%s %s already delivered, not delivering again", self.name, task_id)
             return None
@@ -190,6 +204,12 @@ class OrderedTask(Task):
                 if replay_of and user is not None:
                     services().get("holds").release(user, replay_of)
                 return result
+
+    def _park_unstarted(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any],
+                        replay_of: str | None) -> None:
+        """A step before the body (barrier, hold, done-marker, order check) raised: park the
+        message with the error. Raising instead would make Celery log and ack it: a drop."""
+        self._park("failed before it ran", exc, 0, args, kwargs, replay_of)
 
     def _park(self, reason: str, exc: BaseException, attempts: int,
               args: tuple[Any, ...], kwargs: dict[str, Any], replay_of: str | None) -> None:

@@ -167,3 +167,30 @@ def test_without_tokens_the_api_binds_loopback_and_says_so(workers, tmp_path, ho
     log = workers.log("api")
     assert "binding to 127.0.0.1 instead of 0.0.0.0" in log
     assert "Uvicorn running on http://127.0.0.1:" in log
+
+
+#: JSON user ids routing refuses; pydantic's lax int | str took true and 1.0 as user 1.
+BAD_USER_IDS = ["true", "false", "1.0", "1.5", "-1", '""', '"\\ud800x"', "null"]
+
+
+def test_user_ids_routing_refuses_are_422(workers, rclient, tmp_path):
+    """Every endpoint that takes a user id answers 422 naming user_id for a value routing
+    refuses (routing.userid), and creates nothing. Breaks if the API schemas check user ids
+    with their own rule: true, false, 1.0 and 1.5 were accepted (true and 1.0 as user "1"),
+    and a lone surrogate ("\\ud800x") was taken for a user no Redis key can hold."""
+    http = start_api(workers, tmp_path)
+    json_headers = {**ALICE, "Content-Type": "application/json"}
+    for raw in BAD_USER_IDS:
+        bodies = {
+            "/v1/messages": f'{{"user_id": {raw}, "text": "hi"}}',
+            "/v1/promises": f'{{"user_id": {raw}, "type": "echo"}}',
+            "/v1/promises/batch": f'{{"promises": [{{"user_id": {raw}, "type": "echo"}}]}}',
+        }
+        for path, body in bodies.items():
+            answer = http.post(path, content=body.encode(), headers=json_headers)
+            assert answer.status_code == 422, (path, raw, answer.status_code, answer.text)
+            assert answer.json()["detail"][0]["loc"][-1] == "user_id", (path, raw, answer.text)
+    assert rclient.keys("shard.*") == []
+    assert http.get("/v1/promises", headers=ALICE).json() == []
+    good = http.post("/v1/messages", json={"user_id": 42, "text": "hi"}, headers=ALICE)
+    assert good.status_code == 202, good.text

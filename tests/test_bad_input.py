@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from typing import Any
 
 import pytest
 
+import celeryconfig
 from cli.chatload import check_order
-from routing import ChatMessage, InvalidUserId, ShardRouter, keys, send
-from routing.queues import SEND_AI_RESPONSE
+from deploy.launcher import wait_for_workers
+from routing import ChatMessage, InvalidDispatch, InvalidUserId, ShardRouter, keys, queue_for, send
+from routing.envelope import SEQ_PLACEHOLDER, EnvelopeBuilder
+from routing.queues import SEND_AI_RESPONSE, shard_of_queue
 from services.deadletter import DeadLetterStore
 from tests.harness import wait_until
 
+#: A user on shard 0 of the fixtures' 4 shards.
+SHARD0_USER = next(f"u{n}" for n in range(1000) if queue_for(f"u{n}", 4) == "shard.0")
 
-@pytest.mark.parametrize("bad", [True, None, 1.5, -1, "", "x" * 257, [1]])
+
+@pytest.mark.parametrize("bad", [True, None, 1.5, -1, "", "x" * 257, [1], "\ud800x"])
 def test_producer_refuses_bad_user_ids_before_publishing(producer, rclient, bad):
     """Fails if a bad id reaches the broker (a shard list appears) or the error is not
-    InvalidUserId naming the value."""
+    InvalidUserId naming the value (a lone surrogate, "\ud800x", raised UnicodeEncodeError
+    from the hash before routing.userid refused it)."""
     with pytest.raises(InvalidUserId) as info:
         send(producer, ChatMessage(bad, "hello"))
     assert repr(bad)[:20] in str(info.value) or "chars" in str(info.value)
     assert not [k for k in rclient.keys("shard.*")]
+
+
+def test_producer_refuses_a_text_no_worker_could_store(producer, rclient):
+    """Breaks if a text with a lone surrogate is published (the worker could never write it
+    to Redis) or refused with anything but InvalidDispatch naming it (it was a
+    UnicodeEncodeError from the size check)."""
+    with pytest.raises(InvalidDispatch, match="valid Unicode"):
+        send(producer, ChatMessage("u1", "hi \ud83d"))
+    assert not rclient.keys("shard.*")
 
 
 def _template(producer, rclient) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -82,3 +99,94 @@ def test_poison_messages_are_dead_lettered_and_the_shard_goes_on(producer, worke
         assert any(expected in reason for reason in reasons), (expected, reasons)
     assert workers.procs["shard-0"].poll() is None, "the shard worker must still run"
     assert SEND_AI_RESPONSE in {letter.task for letter in letters if letter.task}
+
+
+# ---- the payload limit: the producer refuses exactly what the worker refuses ----------------
+
+#: A small MAX_PAYLOAD_BYTES, the same for the producer (this process) and the worker.
+PAYLOAD_LIMIT = 65536
+#: Bytes one character takes in the worker's body (kombu's JSON escapes non-ASCII).
+WIDTHS = {"a": 1, "中": 6, "😀": 12}
+
+
+def _outbox_texts(rclient, user: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [f["text"] for _, f in rclient.xrange(keys.outbox(user))]
+
+
+def test_payload_limit_is_the_workers_for_ascii_emoji_and_cjk(producer, workers, rclient,
+                                                               monkeypatch):
+    """At MAX_PAYLOAD_BYTES, for ASCII, CJK and emoji texts: the longest text whose body the
+    worker accepts is published and answered, one character more is refused at the producer
+    with InvalidDispatch and nothing is queued. Breaks if the producer measures anything but
+    the body the worker sees: the old check (UTF-8 bytes of the text against half the limit)
+    refused the ASCII text the worker accepts and published emoji and CJK texts the worker
+    then dead-lettered."""
+    monkeypatch.setattr(celeryconfig, "settings", dataclasses.replace(
+        celeryconfig.settings, max_payload_bytes=PAYLOAD_LIMIT))
+    workers.env.update(MAX_PAYLOAD_BYTES=str(PAYLOAD_LIMIT))
+    user, queue = SHARD0_USER, "shard.0"
+    # The body's size without the text, measured on the wire: a probe taken off the queue.
+    send(producer, ChatMessage(user, "p"))
+    probe = json.loads(rclient.rpop(queue))
+    empty_body = len(base64.b64decode(probe["body"])) - 1
+    for queued, (char, width) in enumerate(WIDTHS.items()):
+        longest = (PAYLOAD_LIMIT - empty_body) // width
+        assert empty_body + longest * width <= PAYLOAD_LIMIT < empty_body + (longest + 1) * width
+        with pytest.raises(InvalidDispatch, match="over the limit"):
+            send(producer, ChatMessage(user, char * (longest + 1)))
+        assert rclient.llen(queue) == queued, f"a refused {char!r} text was queued"
+        assert send(producer, ChatMessage(user, char * longest)).seq
+    workers.start_shard(0)
+    wait_until(lambda: len(_outbox_texts(rclient, user)) == len(WIDTHS), 90,
+               what="the three longest texts answered")
+    replies = _outbox_texts(rclient, user)
+    assert [r[len("re: ")] for r in replies] == list(WIDTHS)
+    assert DeadLetterStore(rclient).list() == []
+
+
+# ---- a user id no worker can store, and errors before the task body -------------------------
+
+
+def _raw_push(producer, rclient, user: str, text: str, seq: int) -> None:  # type: ignore[no-untyped-def]
+    """LPUSH a numbered send_ai_response onto shard 0, as routing builds one but with no
+    producer check (EnvelopeBuilder without a limit; no publish script, no routing)."""
+    _, envelope = EnvelopeBuilder(producer).build(SEND_AI_RESPONSE, (user, text), {},
+                                                  queue="shard.0", epoch=0)
+    rclient.lpush("shard.0", envelope.replace(SEQ_PLACEHOLDER, str(seq)))
+
+
+def test_worker_dead_letters_a_lone_surrogate_user_id(producer, workers, rclient):
+    """A message for user "\ud800x" (valid JSON, not encodable as UTF-8) published raw to a
+    live shard worker is dead-lettered as an invalid user id and the next message is answered.
+    Breaks if the gate lets it through (it then failed inside redis-py in the sequence check,
+    and before the ordered task parked pre-body errors Celery acked it: no dead letter)."""
+    _raw_push(producer, rclient, "\ud800x", "hello", 1)
+    _raw_push(producer, rclient, SHARD0_USER, "after", 1)
+    workers.start_shard(0)
+    wait_until(lambda: _outbox_texts(rclient, SHARD0_USER), 60, what="the next message answered")
+    [letter] = DeadLetterStore(rclient).list()
+    assert "invalid user id" in letter.reason and "valid Unicode" in letter.reason, letter
+    assert letter.task == SEND_AI_RESPONSE
+    assert workers.procs["shard-0"].poll() is None
+
+
+def test_an_error_before_the_task_body_dead_letters_the_message(producer, workers, rclient):
+    """The order check raises (its Redis hash has the wrong type: WRONGTYPE): the message is
+    parked with the error, not lost, and once the key is repaired the next one is answered.
+    Breaks if an exception raised before the body (order check, done-marker, barrier, hold)
+    propagates into Celery, which logs it and acknowledges the message: a silent drop."""
+    user = SHARD0_USER
+    shard = shard_of_queue(queue_for(user))
+    workers.start_shard(0)
+    wait_for_workers(producer, ["shard.0"])
+    assert shard == 0
+    rclient.set(keys.USER_STARTED_SEQ, "not a hash")
+    send(producer, ChatMessage(user, "during the fault"))
+    wait_until(lambda: DeadLetterStore(rclient).list(), 60, what="the message dead-lettered")
+    [letter] = DeadLetterStore(rclient).list()
+    assert letter.reason == "failed before it ran" and "WRONGTYPE" in str(letter.error), letter
+    assert letter.args == [user, "during the fault"] and letter.attempts == 0
+    rclient.delete(keys.USER_STARTED_SEQ)
+    send(producer, ChatMessage(user, "after the repair"))
+    wait_until(lambda: _outbox_texts(rclient, user), 60, what="the next message answered")
+    assert _outbox_texts(rclient, user)[0].startswith("re: after the repair")

@@ -43,28 +43,29 @@ def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, t
     monkeypatch.setenv("SHARDLINE_HOME", str(tmp_path))
     url = producer.conf.broker_url
     with procfile_running(url, quiet=True, API_PORT=str(free_port()),
-                          METRICS_PORT=str(free_port())) as proc:
+                          METRICS_PORT=str(free_port()), SHARD_PROCESSES="2") as proc:
         wait_for_workers(producer, [shard_queue(s) for s in range(4)] + list(WORKLOAD_QUEUES))
         send(producer, ChatMessage(5, "hello"))
         wait_until(lambda: rclient.xlen(keys.OUTBOX_FEED) >= 1, 60, what="a reply")
         children = _descendants(proc.pid)
         names = " ".join(_cmdline(c) for c in children)
-        assert names.count("-P solo") == 4 and "beat" in names and "-m api" in names, names
+        assert names.count("-Q shard-hosts") == 2, names  # SHARD_PROCESSES shard hosts
+        assert "beat" in names and "-m api" in names, names
         assert "-m metrics" in names, names
     wait_until(lambda: _all_gone(children), 30, what="every process to exit")
 
 
 def test_committed_supervisord_conf_is_the_generated_one():
     """Fails if deploy/supervisord.conf was edited by hand and drifted from the generator."""
-    assert (PROJECT_DIR / "deploy" / "supervisord.conf").read_text() == render(0, 3)
+    assert (PROJECT_DIR / "deploy" / "supervisord.conf").read_text() == render(0, 3, whole=True)
 
 
 def test_supervisord_runs_a_shard_range(producer, rclient, tmp_path: Path):
-    """Fails if the generated config does not start one worker per shard of the range, or
-    supervisord's shutdown leaves a worker running."""
+    """Fails if the generated solo config does not start one worker per shard of the range,
+    or supervisord's shutdown leaves a worker running (the host shape: test_hosts.py)."""
     conf = tmp_path / "supervisord.conf"
     conf.write_text(render(2, 3, directory=str(PROJECT_DIR), python=sys.executable,
-                           with_workloads=False, with_beat=False))
+                           with_workloads=False, with_beat=False, runtime="solo"))
     env = child_env(producer.conf.broker_url, SHARDLINE_HOME=str(tmp_path))
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen([str(bin_dir / "supervisord"), "-c", str(conf)], env=env,

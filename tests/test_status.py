@@ -39,8 +39,7 @@ def cli_env(url: str, **extra: str) -> dict[str, str]:
 def build_state(url: str, rclient: Any) -> dict[str, float]:
     """Queues, a lease, 30 recent completions, dead letters, a duplicate, order violations and
     an open breaker. Returns the times the test needs for age bounds."""
-    app = producer_app("status-test")
-    app.conf.broker_url = url
+    app = producer_app("status-test", url)
     try:
         users = [f"s{n}" for n in range(500) if shard_of_queue(queue_for(f"s{n}", 4)) == 0][:2]
         before = time.time()
@@ -160,8 +159,7 @@ def test_status_follows_the_shard_map_and_shows_a_draining_shard(redis_url, rcli
     """Breaks if status or the collector read the shard count from SHARD_COUNT instead of the
     shard map in Redis, if a shard a rescale removed disappears while messages still wait on
     it, or if an empty removed shard is still listed."""
-    app = producer_app("status-test")
-    app.conf.broker_url = redis_url
+    app = producer_app("status-test", redis_url)
     try:
         users = [f"d{n}" for n in range(500) if shard_of_queue(queue_for(f"d{n}", 4)) == 3][:2]
         for user in users:
