@@ -8,12 +8,13 @@ is listed in the README's configuration table.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from kombu import Queue
 
-from routing.queues import DEFAULT_QUEUE, WORKLOAD_QUEUES
+from routing.credentials import MASK, redact_url
+from routing.queues import DEFAULT_QUEUE, MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 
 
 def _int(name: str, default: int) -> int:
@@ -80,14 +81,13 @@ def parse_shard_range(raw: str, shard_count: int) -> tuple[int, ...]:
     return tuple(sorted(set(shards)))
 
 
-def _components(raw: str) -> tuple[tuple[str, str], ...]:
+def _components(raw: str, variable: str = "EXTRA_COMPONENTS") -> tuple[tuple[str, str], ...]:
     """``"name=package.module:factory,..."`` -> ((name, spec), ...)."""
     pairs = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, spec = item.partition("=")
-        if not sep or not name or ":" not in spec:
-            raise ValueError(
-                f"EXTRA_COMPONENTS entries look like name=module:factory, got {item!r}")
+        if not sep or not name.strip() or ":" not in spec:
+            raise ValueError(f"{variable} entries look like name=module:factory, got {item!r}")
         pairs.append((name.strip(), spec.strip()))
     return tuple(pairs)
 
@@ -114,13 +114,38 @@ def _at_least(name: str, default: int, lowest: int) -> int:
 
 def _shard_lease_ttl(ttl_s: float) -> float:
     # A take blocks up to 1 s (kombu's brpop_timeout); a worker stops taking 0.6 x TTL after
-    # its last renewal, so 0.4 x TTL must exceed that 1 s (tasks/shard_lease.py).
+    # its last renewal, so 0.4 x TTL must exceed that 1 s (shardhost/solo_lease.py).
     if ttl_s < 3.0:
         raise ValueError(f"SHARD_LEASE_TTL_S must be >= 3, got {ttl_s}")
     return ttl_s
 
 
-@dataclass(frozen=True)
+def _limit(name: str, default: int) -> int | None:
+    """A per-child limit: a positive integer, or 0 for none."""
+    value = _int(name, default)
+    if value < 0:
+        raise ValueError(f"environment variable {name} must be >= 0 (0: no limit), got {value}")
+    return value or None
+
+
+def _job_soft_time_limit(hard_s: int) -> float | None:
+    # The soft limit must strike before the hard one (SIGKILL, nothing saved), with time
+    # left to settle: by default 60 s before it, or at 90% of a hard limit shorter than 10 min.
+    value = _float("JOB_SOFT_TIME_LIMIT_S", max(hard_s - 60.0, hard_s * 0.9))
+    if value < 0 or value >= hard_s:
+        raise ValueError(f"JOB_SOFT_TIME_LIMIT_S ({value:g}) must be below TASK_TIME_LIMIT_S "
+                         f"({hard_s}), or 0 for none: the hard limit kills a run unsaved")
+    return value or None
+
+
+#: Settings that are secrets, and settings that are URLs which may carry one: masked in the
+#: repr, which ``celery inspect conf`` sends to whoever asks (``settings`` is in this module).
+_SECRETS = frozenset({"ai_api_key", "telegram_bot_token", "telegram_webhook_secret",
+                      "api_tokens"})
+_URLS = frozenset({"external_redis_url", "redis_url", "database_url"})
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     home: Path
     #: REDIS_URL exactly as given; None means "use the embedded server".
@@ -143,6 +168,12 @@ class Settings:
     visibility_timeout_s: int
     task_time_limit_s: int
     workload_concurrency: int
+    #: A workload worker's pool process is replaced after this many tasks (None: never).
+    workload_max_tasks_per_child: int | None
+    #: ... or once a task leaves it above this resident memory, in KiB (None: never).
+    workload_max_memory_per_child_kb: int | None
+    #: Seconds after which a job's run stops at its last checkpoint, paused (None: never).
+    job_soft_time_limit_s: float | None
     redis_appendfsync: str
     log_level: str
     dedup_window_s: int
@@ -201,9 +232,27 @@ class Settings:
     #: Which of the SHARD_PROCESSES hosts this process is (set by the launcher / supervisor):
     #: it hosts the shards ``s`` with ``s % SHARD_PROCESSES == SHARD_HOST_SLOT``.
     shard_host_slot: int
+    #: ``each``: a worker started as root prints Celery's SecurityWarning; ``once``: it does
+    #: not (the launcher prints one notice for all the workers it starts).
+    root_warning: str
     #: Where ``python -m metrics`` serves /metrics (METRICS_HOST, METRICS_PORT).
     metrics_host: str
     metrics_port: int
+    #: Plug-in job kinds "name=package.module:factory,..." beside the built-ins (jobs/kinds.py).
+    job_kinds: tuple[tuple[str, str], ...]
+    #: Plug-in promise kinds, the same form (promises/kinds.py).
+    promise_kinds: tuple[tuple[str, str], ...]
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRETS and value:
+                value = MASK
+            elif f.name in _URLS and value:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -218,6 +267,7 @@ class Settings:
                 f"TASK_TIME_LIMIT_S ({time_limit}) must be below VISIBILITY_TIMEOUT_S "
                 f"({visibility}), or a healthy long task would be delivered twice"
             )
+        soft_limit = _job_soft_time_limit(time_limit)
         fsync = _str("REDIS_APPENDFSYNC", "everysec")
         if fsync not in ("everysec", "always", "no"):
             raise ValueError(f"REDIS_APPENDFSYNC must be everysec, always or no, got {fsync!r}")
@@ -241,6 +291,10 @@ class Settings:
             visibility_timeout_s=visibility,
             task_time_limit_s=time_limit,
             workload_concurrency=_int("WORKLOAD_CONCURRENCY", 2),
+            workload_max_tasks_per_child=_limit("WORKLOAD_MAX_TASKS_PER_CHILD", 200),
+            workload_max_memory_per_child_kb=_limit("WORKLOAD_MAX_MEMORY_PER_CHILD_KB",
+                                                    512 * 1024),
+            job_soft_time_limit_s=soft_limit,
             redis_appendfsync=fsync,
             log_level=_str("LOG_LEVEL", "INFO"),
             dedup_window_s=_int("DEDUP_WINDOW_S", 24 * 3600),
@@ -273,8 +327,11 @@ class Settings:
             shard_concurrency=_at_least("SHARD_CONCURRENCY", 1, 1),
             shard_host_threads=_at_least("SHARD_HOST_THREADS", 64, 1),
             shard_host_slot=_at_least("SHARD_HOST_SLOT", 0, 0),
+            root_warning=_choice("ROOT_WARNING", "each", ("each", "once")),
             metrics_host=_str("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9808),
+            job_kinds=_components(_str("JOB_KINDS", ""), "JOB_KINDS"),
+            promise_kinds=_components(_str("PROMISE_KINDS", ""), "PROMISE_KINDS"),
         )
 
 
@@ -320,9 +377,10 @@ worker_send_task_events = False
 worker_consumer = "tasks.consumer:ShardlineConsumer"
 imports = ("tasks.chat", "tasks.jobs", "tasks.promises", "tasks.rescale")
 
-task_queues = [Queue(name) for name in WORKLOAD_QUEUES]
+task_queues = [Queue(name) for name in (*WORKLOAD_QUEUES, MAINTENANCE_QUEUE)]
 
 # Beat: recovery of lost jobs and promises, and cleanup of expired job records (issue 5).
+# The router sends it to the maintenance queue (routing.queues.MAINTENANCE_TASKS).
 beat_schedule = {
     "shardline-maintenance": {
         "task": "shardline.maintenance",

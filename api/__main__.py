@@ -12,6 +12,9 @@ import sys
 import uvicorn
 
 import celeryconfig
+from jobs.errors import InvalidKind
+from jobs.kinds import job_kinds
+from promises.kinds import promise_kinds
 
 
 def is_loopback(host: str) -> bool:
@@ -25,6 +28,11 @@ def is_loopback(host: str) -> bool:
 
 def main() -> int:
     settings = celeryconfig.settings
+    try:  # a bad plug-in kind is one clear line, not a traceback from inside uvicorn
+        job_kinds(), promise_kinds()
+    except InvalidKind as exc:
+        print(f"shardline api: {exc}", file=sys.stderr, flush=True)
+        return 2
     host = settings.api_host
     if not settings.api_tokens and not is_loopback(host):
         print(f"shardline api: API_TOKENS is empty, so binding to 127.0.0.1 instead of {host}",

@@ -2,6 +2,9 @@
 
 Errors: a bad field is 422 naming it, an unknown id 404, another owner's id 403, a control
 request that does not apply 409, an unreachable broker 503. Served by ``python -m api``.
+
+``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from this process
+(``fastapi_offline`` ships them), never from a CDN: the page works on a network without internet.
 """
 
 from __future__ import annotations
@@ -14,14 +17,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api import routes_messages, routes_ops, routes_work
 from api.auth import parse_tokens
+from api.contract import install_openapi
 from api.routes_ops import API_REQUESTS
 from api.state import ApiState
-from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
+from jobs.errors import IdTaken, InvalidTransition, InvalidWork, NotOwner, WorkNotFound
+from jobs.kinds import job_kinds
+from promises.kinds import promise_kinds
 from routing.errors import InvalidDispatch, InvalidUserId, PublishFailed
 
 log = logging.getLogger("shardline.api")
@@ -59,12 +70,25 @@ def _install_error_mapping(app: FastAPI) -> None:
         return _field_error("text", str(exc))
 
     simple: dict[type[Exception], int] = {WorkNotFound: 404, NotOwner: 403,
-                                          InvalidTransition: 409, PublishFailed: 503}
+                                          InvalidTransition: 409, IdTaken: 409,
+                                          PublishFailed: 503}
     for error, code in simple.items():
         async def handler(_: Request, exc: Exception, code: int = code) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=code)
 
         app.add_exception_handler(error, handler)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        # Starlette's Allow names only the first route of the path; GET and POST /v1/jobs are
+        # two routes, and a client (or schemathesis) must be told both.
+        allowed = sorted({method for route in app.router.routes if isinstance(route, APIRoute)
+                          and route.matches(request.scope)[0] == Match.PARTIAL
+                          for method in route.methods or ()})
+        return JSONResponse({"detail": exc.detail}, status_code=405,
+                            headers={"Allow": ", ".join(allowed)})
 
 
 def create_app(settings: Any = None) -> FastAPI:
@@ -73,6 +97,7 @@ def create_app(settings: Any = None) -> FastAPI:
 
         settings = celeryconfig.settings
     tokens = parse_tokens(settings.api_tokens)
+    job_kinds(), promise_kinds()  # a bad JOB_KINDS / PROMISE_KINDS entry stops the start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,13 +110,15 @@ def create_app(settings: Any = None) -> FastAPI:
         yield
         st.close()
 
-    app = FastAPI(title="shardline", version="0.1.0", lifespan=lifespan,
-                  description="Ordered per-user AI chat, jobs and promises over HTTP.")
+    app = FastAPIOffline(title="shardline", version="0.1.0", lifespan=lifespan,
+                         description="Ordered per-user AI chat, jobs and promises over HTTP.")
     app.state.tokens = tokens
     app.include_router(routes_messages.router)
     app.include_router(routes_work.jobs)
     app.include_router(routes_work.promises)
+    app.include_router(routes_work.kinds)
     app.include_router(routes_ops.router)
+    install_openapi(app, tokens=bool(tokens))
     _install_error_mapping(app)
 
     @app.middleware("http")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 #: The owner of everything when API_TOKENS is empty.
 LOCAL_OWNER = "local"
@@ -39,7 +40,14 @@ def owner_of(authorization: str | None, tokens: dict[str, str]) -> str | None:
     return found
 
 
-def caller(request: Request) -> str:
+#: Declares the bearer scheme in the OpenAPI document (the Authorize button of /docs); the
+#: check itself is :func:`owner_of`, which also answers the 401 (``auto_error`` off).
+bearer = HTTPBearer(auto_error=False,
+                    description="A token of API_TOKENS (owner:token); the owner is the caller.")
+
+
+def caller(request: Request, _: Annotated[HTTPAuthorizationCredentials | None,
+                                          Security(bearer)]) -> str:
     """FastAPI dependency: the authenticated owner (401 without a valid token)."""
     tokens: dict[str, str] = request.app.state.tokens
     if not tokens:

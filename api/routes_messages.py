@@ -5,18 +5,24 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
 
 from api.auth import Owner
-from api.schemas import MessageAccepted, MessageIn
+from api.contract import errors
+from api.schemas import MessageAccepted, MessageIn, WebhookAnswer
 from api.state import ApiState, State
 from ingest.log import IngestedMessage
 from routing import ChatMessage, PublishFailed, canonical_user_id, send
 
 router = APIRouter(prefix="/v1", tags=["messages"])
+
+#: Declares Telegram's secret header as the webhook's credentials in the OpenAPI document.
+telegram_secret = APIKeyHeader(name="X-Telegram-Bot-Api-Secret-Token", auto_error=False,
+                               description="TELEGRAM_WEBHOOK_SECRET, sent back by Telegram.")
 
 
 def accept(st: ApiState, user_id: int | str, text: str, message_id: str,
@@ -38,7 +44,8 @@ def accept(st: ApiState, user_id: int | str, text: str, message_id: str,
                            message_id=message_id)
 
 
-@router.post("/messages", status_code=202, response_model=MessageAccepted)
+@router.post("/messages", status_code=202, response_model=MessageAccepted,
+             responses=errors(400, 401, 503))
 def post_message(body: MessageIn, st: State,
                  owner: Owner) -> MessageAccepted:
     """Queue one message on its user's shard; a repeated ``message_id`` is not sent again."""
@@ -46,28 +53,41 @@ def post_message(body: MessageIn, st: State,
                   body.chat_id if body.chat_id is not None else body.user_id, time.time())
 
 
-@router.post("/telegram/webhook", tags=["telegram"])
-async def telegram_webhook(request: Request, st: State) -> JSONResponse:
+#: The body is any Telegram Update (read as JSON by the handler, which ignores what it does
+#: not use), declared so the document says a JSON object is expected.
+UPDATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "description": "A Telegram Update"}}}}}
+
+
+@router.post("/telegram/webhook", tags=["telegram"], response_model=WebhookAnswer,
+             response_model_exclude_none=True, responses=errors(400, 401, 403, 422, 503),
+             openapi_extra=UPDATE_BODY)
+async def telegram_webhook(request: Request, st: State,
+                           presented: Annotated[str | None, Security(telegram_secret)],
+                           ) -> WebhookAnswer:
     """A Telegram Update; text messages are queued, every other update is acknowledged."""
     secret = st.settings.telegram_webhook_secret
-    presented = request.headers.get("x-telegram-bot-api-secret-token", "")
     if not secret:
         raise HTTPException(403, "Telegram webhook disabled: TELEGRAM_WEBHOOK_SECRET is not set")
-    if not hmac.compare_digest(secret.encode(), presented.encode()):
+    if not hmac.compare_digest(secret.encode(), (presented or "").encode()):
         raise HTTPException(401, "wrong X-Telegram-Bot-Api-Secret-Token")
     try:
         update: Any = await request.json()
     except ValueError:
-        raise HTTPException(422, "body is not JSON") from None
-    message = update.get("message") if isinstance(update, dict) else None
+        update = None
+    if not isinstance(update, dict):
+        raise RequestValidationError([{"type": "model_type", "loc": ("body",),
+                                       "msg": "body must be a JSON object (an Update)",
+                                       "input": None}])
+    message = update.get("message")
     if not isinstance(message, dict) or not isinstance(message.get("text"), str):
-        return JSONResponse({"ok": True, "ignored": True})
+        return WebhookAnswer(ok=True, ignored=True)
     try:
         user, chat = message["from"]["id"], message["chat"]["id"]
         message_id = f"tg:{message['message_id']}"
     except (KeyError, TypeError):
         # A channel post has no sender: acknowledged, or Telegram would retry it forever.
-        return JSONResponse({"ok": True, "ignored": True})
+        return WebhookAnswer(ok=True, ignored=True)
     accepted = accept(st, user, message["text"], message_id, chat,
                       float(message.get("date") or time.time()))
-    return JSONResponse({"ok": True, **accepted.model_dump()})
+    return WebhookAnswer(ok=True, **accepted.model_dump())

@@ -1,7 +1,8 @@
 """GET /healthz (Redis reachable, workers seen) and GET /metrics (Prometheus text format).
 
-/metrics is this process's own request counter plus the deployment-wide metrics every
-exporter serves (``metrics.collector``, read from Redis at scrape time).
+/metrics serves only this process's own families (its request counter, process and Python
+runtime figures). The deployment-wide families are the exporter's (``python -m metrics``):
+served here too, a Prometheus scraping both would add every sum twice.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from api.schemas import Health
 from api.state import State
-from metrics.collector import registry_for
 
 router = APIRouter(tags=["operations"])
 
@@ -22,7 +23,8 @@ API_REQUESTS = Counter("shardline_api_requests_total", "HTTP requests answered b
                        ["method", "route", "status"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={200: {"model": Health}, 503: {
+    "model": Health, "description": "Redis unreachable or no worker answered a ping."}})
 def healthz(st: State) -> JSONResponse:
     """200 when Redis answers and at least one worker replied to a ping; 503 otherwise."""
     report: dict[str, Any] = {"redis": False, "workers": []}
@@ -38,8 +40,7 @@ def healthz(st: State) -> JSONResponse:
     return JSONResponse(report, status_code=200 if healthy else 503)
 
 
-@router.get("/metrics")
-def metrics(st: State) -> Response:
-    own = generate_latest()
-    deployment = generate_latest(registry_for(st.redis, st.settings))
-    return Response(own + deployment, media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text format."}})
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -8,16 +8,13 @@ from __future__ import annotations
 import click
 
 import celeryconfig
-from services.breaker import CircuitBreaker
-from services.redis_client import connect
+from cli.connection import redis_client
+from services.breaker import AI_BREAKER, CircuitBreaker
 
 
 def _breaker() -> CircuitBreaker:
-    settings = celeryconfig.settings
-    if not settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
-    return CircuitBreaker(connect(settings.redis_url), "ai", failures=settings.breaker_failures,
-                          open_s=settings.breaker_open_s)
+    return CircuitBreaker.as_recorded(redis_client(), AI_BREAKER,
+                                      settings=celeryconfig.settings)
 
 
 @click.command()
@@ -29,6 +26,8 @@ def breaker(reset: bool) -> None:
         cb.reset()
     status = cb.status()
     line = f"ai breaker: {status.state.value}, {status.failures}/{cb.failures} failures"
+    if not cb.recorded:
+        line += " (no worker has recorded its threshold yet: BREAKER_FAILURES of this shell)"
     if status.open_for_s:
         line += f", open for {status.open_for_s:.1f}s more"
     if status.probing:

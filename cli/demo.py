@@ -15,6 +15,7 @@ from rich.table import Table
 from cli.chatload import chat_load, check_order, delivered_to, stamp
 from deploy.launcher import procfile_running, redis_for, wait_for_workers
 from routing import ChatMessage, dispatch_batch, producer_app, shard_for
+from routing.credentials import redact_url
 from routing.queues import shard_queue
 from services.redis_client import connect
 
@@ -57,20 +58,20 @@ def run_demo(settings: Any, *, users: int, messages: int, proactive_every: int,
                  f"SHARD_CONCURRENCY={settings.shard_concurrency}"
                  if settings.shard_runtime == "hosts"
                  else f"{settings.shard_count} solo shard workers")
-        console.print(f"[bold]shardline demo[/]: Redis at {url}, {shape}, {users} users "
-                      f"x {messages} messages, replies take {latency_ms} ms")
+        console.print(f"[bold]shardline demo[/]: Redis at {redact_url(url)}, {shape}, "
+                      f"{users} users x {messages} messages, replies take {latency_ms} ms")
         import os
 
         os.environ["REDIS_URL"] = url
         app = producer_app()
         app.conf.broker_url = url
         from deploy.embedded_redis import free_port
-        from routing.queues import WORKLOAD_QUEUES
+        from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 
         with procfile_running(url, quiet=True, API_PORT=str(free_port()),
                               METRICS_PORT=str(free_port()), AI_LATENCY_MS=str(latency_ms)):
             wait_for_workers(app, [shard_queue(s) for s in range(settings.shard_count)]
-                             + list(WORKLOAD_QUEUES))
+                             + [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
             chat = _play(console, app, url, users, messages, proactive_every, timeout_s,
                          ideal_msgs_s=concurrency / (latency_ms / 1000),
                          floor_s=lambda rounds: drain_floor_s(rounds, settings, latency_ms))

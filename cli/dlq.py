@@ -14,20 +14,16 @@ from dataclasses import asdict
 
 import click
 
-import celeryconfig
+from cli.connection import redis_client
 from routing import queues
 from routing.dispatch import producer_app, publish_task
 from routing.errors import ShardlineError
 from services.deadletter import DeadLetter, DeadLetterStore
 from services.hold import REPLAY_HEADER, HoldStore
-from services.redis_client import connect
 
 
 def _stores() -> tuple[DeadLetterStore, HoldStore]:
-    url = celeryconfig.settings.redis_url
-    if not url:
-        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
-    client = connect(url)
+    client = redis_client()
     return DeadLetterStore(client), HoldStore(client)
 
 

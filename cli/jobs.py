@@ -11,21 +11,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import celeryconfig
+from cli.connection import redis_client
 from jobs.control import cancel_job, create_job, owned_job, pause_job, resume_job
 from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from jobs.records import JobRecord
 from jobs.store import JobStore
 from routing import producer_app
-from services.redis_client import connect
 
 ERRORS = (InvalidWork, WorkNotFound, NotOwner, InvalidTransition)
 
 
 def _store() -> JobStore:
-    settings = celeryconfig.settings
-    if not settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
-    return JobStore(connect(settings.redis_url), ttl_s=settings.job_ttl_s)
+    return JobStore(redis_client(), ttl_s=celeryconfig.settings.job_ttl_s)
 
 
 def _show(record: JobRecord, as_json: bool) -> None:

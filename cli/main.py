@@ -10,9 +10,11 @@ import click
 
 import celeryconfig
 from cli.breaker import breaker
+from cli.connection import ShardlineGroup, redis_client, redis_url
 from cli.dlq import dlq
 from deploy.supervisor import render as render_supervisor
 from routing import ChatMessage, producer_app, send
+from routing.credentials import redact_url
 from routing.errors import ShardlineError
 
 
@@ -20,35 +22,30 @@ def _settings() -> celeryconfig.Settings:
     return celeryconfig.settings
 
 
-def _require_redis() -> str:
-    url = _settings().redis_url
-    if not url:
-        raise click.ClickException(
-            "no Redis: set REDIS_URL, or start the service with `make run` (shardline run) "
-            "so its embedded Redis is found"
-        )
-    return url
-
-
-@click.group()
+@click.group(cls=ShardlineGroup)
+@click.version_option(package_name="shardline", message="shardline %(version)s")
 def main() -> None:
     """shardline: ordered per-user AI chat processing on Celery + Redis."""
 
 
 @main.command()
 def run() -> None:
-    """Start everything (embedded Redis if REDIS_URL is unset) and run until Ctrl-C."""
-    from deploy.launcher import procfile_running, redis_for
+    """Start everything (embedded Redis if REDIS_URL is unset); Ctrl-C or SIGTERM stops it."""
+    from deploy.launcher import procfile_running, redis_for, stop_on_sigterm
+    from services.redis_client import check_credentials
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    with redis_for(settings) as url:
-        click.echo(f"shardline: Redis at {url}; {settings.shard_count} shards; Ctrl-C stops")
-        with procfile_running(url) as proc:
-            try:
+    stop_on_sigterm()
+    try:
+        with redis_for(settings) as url:
+            check_credentials(url)
+            click.echo(f"shardline: Redis at {redact_url(url)}; {settings.shard_count} shards; "
+                       "Ctrl-C stops")
+            with procfile_running(url) as proc:
                 proc.wait()
-            except KeyboardInterrupt:
-                click.echo("shardline: stopping")
+    except KeyboardInterrupt:
+        click.echo("shardline: stopped")
 
 
 @main.command("send")
@@ -58,7 +55,7 @@ def run() -> None:
 @click.option("--proactive", is_flag=True, help="Send as a proactive message.")
 def send_cmd(user_id: str, text: str, message_id: str | None, proactive: bool) -> None:
     """Send one message from USER_ID (an integer id is sent as an int)."""
-    _require_redis()
+    redis_url()
     uid: int | str = int(user_id) if user_id.isdigit() else user_id
     try:
         result = send(producer_app(), ChatMessage(uid, text, message_id=message_id,
@@ -77,12 +74,15 @@ def send_cmd(user_id: str, text: str, message_id: str | None, proactive: bool) -
 def outbox(user_id: str, as_json: bool) -> None:
     """Show USER_ID's delivered replies, oldest first."""
     from services.conversation import ConversationStore
-    from services.redis_client import connect
 
     settings = _settings()
-    store = ConversationStore(connect(_require_redis()), history_limit=settings.history_limit,
+    store = ConversationStore(redis_client(), history_limit=settings.history_limit,
                               done_ttl_s=settings.dedup_window_s)
-    for entry in store.outbox(user_id):
+    entries = store.outbox(user_id)
+    if not entries:
+        # On stderr: --json output stays a clean (empty) stream.
+        click.echo(f"no replies in the outbox of user {user_id!r}", err=True)
+    for entry in entries:
         if as_json:
             click.echo(json.dumps(entry))
         else:

@@ -7,19 +7,18 @@ from typing import Any
 
 import click
 
-import celeryconfig
-from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
+from cli.connection import redis_url
+from jobs.errors import IdTaken, InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from promises.runtime import promise_service
 from promises.service import PromiseService, PromiseSpec
 from promises.store import Promise
 from routing import producer_app
 
-ERRORS = (InvalidWork, WorkNotFound, NotOwner, InvalidTransition)
+ERRORS = (InvalidWork, IdTaken, WorkNotFound, NotOwner, InvalidTransition)
 
 
 def _service() -> PromiseService:
-    if not celeryconfig.settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
+    redis_url()
     return promise_service(producer_app())
 
 

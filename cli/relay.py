@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 import celeryconfig
+from cli.connection import redis_url
 from services.redis_client import connect
 from services.relay import TelegramRelay
 
@@ -31,8 +32,7 @@ def relay(block_ms: int) -> None:
         )
     if not settings.telegram_bot_token:
         raise click.ClickException("MESSENGER is telegram but TELEGRAM_BOT_TOKEN is not set")
-    if not settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL or start the service (shardline run)")
+    url = redis_url()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -43,7 +43,7 @@ def relay(block_ms: int) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    client = connect(settings.redis_url)
+    client = connect(url)
     worker = TelegramRelay(client, settings.telegram_bot_token, settings.telegram_api_base)
     click.echo(f"relay: delivering to {settings.telegram_api_base}; Ctrl-C stops")
     try:

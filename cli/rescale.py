@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import celeryconfig
+from cli.connection import redis_client
 from deploy.supervisor import render as render_supervisor
 from routing import keys, producer_app
 from routing.envelope import EnvelopeBuilder
@@ -43,7 +44,6 @@ from routing.shardmap import (
     switch_epoch,
 )
 from services.barrier import shard_drained_away
-from services.redis_client import connect
 
 #: Seconds between two looks at the old shards while waiting.
 POLL_S = 0.2
@@ -181,16 +181,13 @@ def rescale(count: int, wait: bool, use_supervisor: bool, supervisor_conf: Path 
             sample: int) -> None:
     """Change the number of shard queues to COUNT while producers keep sending."""
     settings = celeryconfig.settings
-    if not settings.redis_url:
-        raise click.ClickException("no Redis: set REDIS_URL, or start the service with "
-                                   "`shardline run` so its embedded Redis is found")
-    if use_supervisor and count < read_shard_map(connect(settings.redis_url),
+    client = redis_client()
+    if use_supervisor and count < read_shard_map(client,
                                                  settings.shard_count).count and not wait:
         raise click.ClickException("--supervisor with fewer shards must wait (the removed "
                                    "shards' workers drain before the config drops them)")
     conf = supervisor_conf or settings.home / "supervisord.conf"
     console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
-    client = connect(settings.redis_url)
     before = read_shard_map(client, settings.shard_count)
     assert before.epoch is not None
     if count == before.count:

@@ -1,11 +1,17 @@
 """Start a deployment: the embedded Redis when ``REDIS_URL`` is unset, then the Procfile.
 
-Everything started here is stopped here, on normal exit, on an error and on SIGINT/SIGTERM.
+Everything started here is stopped here, on normal exit, on an error and on SIGINT/SIGTERM:
+the workers first (honcho's own SIGTERM), then the embedded Redis, then its ``redis.url``.
+
+The embedded server requires a password, generated once and kept in
+``$SHARDLINE_HOME/redis.password``; that file and ``redis.url`` (which contains it) are
+readable by their owner only.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,11 +23,46 @@ from typing import Any
 
 import redis
 
-from deploy.embedded_redis import EmbeddedRedis
+from deploy.embedded_redis import EmbeddedRedis, write_private
 from routing import keys
 from routing.queues import SHARD_HOST_QUEUE, shard_of_queue
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+#: In ``$SHARDLINE_HOME``: the embedded server's password (kept) and URL (while it runs).
+PASSWORD_FILE = "redis.password"
+URL_FILE = "redis.url"
+
+
+def embedded_password(home: Path) -> str:
+    """The embedded server's password: generated on first use, then read from its file."""
+    path = home / PASSWORD_FILE
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    if kept:
+        os.chmod(path, 0o600)  # a copy restored from a backup may have lost its mode
+        return kept
+    password = secrets.token_urlsafe(32)
+    write_private(path, password + "\n")
+    return password
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``docker stop``, ``kill``, systemd) stop this process as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process at once, without unwinding: honcho, the
+    workers and the embedded Redis would run on, orphaned. Raising ``KeyboardInterrupt``
+    unwinds every ``with`` block, and each stops what it started.
+    """
+    def interrupt(signum: int, frame: object) -> None:
+        # A second SIGTERM (systemd, an impatient user) must not cut the shutdown short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @contextmanager
@@ -30,19 +71,26 @@ def redis_for(settings: Any) -> Iterator[str]:
     if settings.external_redis_url:
         yield settings.external_redis_url
         return
-    server = EmbeddedRedis(settings.home / "redis", appendfsync=settings.redis_appendfsync)
-    url_file = settings.home / "redis.url"
+    server = EmbeddedRedis(settings.home / "redis", appendfsync=settings.redis_appendfsync,
+                           password=embedded_password(settings.home))
+    url_file = settings.home / URL_FILE
     server.start()
     try:
-        url_file.write_text(server.url)
+        write_private(url_file, server.url)
         yield server.url
     finally:
         url_file.unlink(missing_ok=True)
         server.stop()
 
 
+#: Said once by the launcher when it runs as root, instead of by every worker it starts.
+ROOT_NOTICE = ("shardline: running as root; Celery's workers warn about it (SecurityWarning), "
+               "once here for all of them: see README, \"Running as root\"")
+
+
 def child_env(redis_url: str, **overrides: str) -> dict[str, str]:
-    env = dict(os.environ, REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **overrides)
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1",
+           "ROOT_WARNING": "once", **overrides}
     # Workers find the project's modules whatever the current directory is.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
     bin_dir = str(Path(sys.executable).parent)
@@ -54,6 +102,8 @@ def child_env(redis_url: str, **overrides: str) -> dict[str, str]:
 def procfile_running(redis_url: str, *, processes: list[str] | None = None,
                      quiet: bool = False, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run the Procfile's processes under honcho; stop them all on exit."""
+    if os.geteuid() == 0:
+        print(ROOT_NOTICE, file=sys.stderr)
     argv = [sys.executable, "-m", "honcho", "-f", str(PROJECT_DIR / "Procfile"),
             "-d", str(PROJECT_DIR), "start"]
     if processes:

@@ -7,7 +7,9 @@ map, when the range is the whole map). With ``solo``, ``numprocs``/``process_num
 solo worker per shard and ``numprocs_start`` offsets the range. Either way machine A runs
 ``0-3`` and machine B ``4-7`` of one deployment-wide ``SHARD_COUNT``.
 The workload worker and beat are optional per host: workload workers may run on any number of
-hosts, beat on exactly one (two would run every maintenance pass twice).
+hosts, beat on exactly one (two would run every maintenance pass twice). The host that runs
+beat also runs the maintenance worker, the consumer of the passes beat sends: one process,
+``-c 1``, that never runs user work, so a pass never waits behind a long job.
 
 The config reads only ``SHARDLINE_HOME`` from supervisord's environment (``%(ENV_...)s`` fails
 the whole file when a variable is unset); everything else is written in when it is generated.
@@ -87,6 +89,18 @@ stdout_logfile=%(ENV_SHARDLINE_HOME)s/workloads.log
 """
 
 BEAT = """
+[program:maintenance]
+; the control plane's own consumer: maintenance passes and cancel guards, never user work
+command={python} -m celery -A tasks worker -Q maintenance -c 1 --prefetch-multiplier 1 -n maintenance@%%h -l INFO
+directory={directory}
+autorestart=true
+stopsignal=TERM
+stopwaitsecs=60
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile=%(ENV_SHARDLINE_HOME)s/maintenance.log
+
 [program:beat]
 command={python} -m celery -A tasks beat -s %(ENV_SHARDLINE_HOME)s/beat-schedule -l INFO
 directory={directory}
@@ -104,8 +118,9 @@ def render(first: int, last: int, *, directory: str = ".", python: str = "python
            concurrency: int = 1, whole: bool = False) -> str:
     """supervisord.conf for shards ``first..last`` (inclusive) in ``runtime`` ("hosts": with
     ``processes`` hosts of ``concurrency`` messages per shard; "solo": a worker per shard),
-    plus the workload worker (``workload_concurrency`` processes) and beat unless left out.
-    ``whole``: the range is the whole map, so hosts follow the map instead of a fixed range."""
+    plus the workload worker (``workload_concurrency`` processes) and beat with the
+    maintenance worker unless left out. ``whole``: the range is the whole map, so hosts
+    follow the map instead of a fixed range."""
     if not 0 <= first <= last:
         raise ValueError(f"shard range must be 0 <= first <= last, got {first}-{last}")
     if workload_concurrency < 1:

@@ -23,15 +23,12 @@ from celery import Celery
 
 from jobs.broker import held_task_ids
 from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
-from jobs.kinds import kind_named
+from jobs.kinds import kind_named, queue_of
 from jobs.records import JobRecord, JobStatus
 from jobs.store import JobStore
-from routing.queues import workload_queue_for
+from routing.queues import ENFORCE_CANCEL
 
 log = logging.getLogger(__name__)
-
-#: Task that revokes a running job which ignored a cancel for ``JOB_CANCEL_GRACE_S``.
-ENFORCE_CANCEL = "shardline.jobs.enforce_cancel"
 
 
 def _dispatch(store: JobStore, app: Celery, record: JobRecord, replaces: str = "") -> str:
@@ -151,9 +148,7 @@ def recover_jobs(store: JobStore, app: Celery, *, lease_s: float, node: str | No
 
 def job_queue(record: JobRecord) -> str:
     """The workload queue the job's messages wait in."""
-    queue = workload_queue_for(kind_named(record.kind).task_name)
-    assert queue is not None, f"job kind {record.kind!r} has no workload route"
-    return queue
+    return queue_of(kind_named(record.kind))
 
 
 def redispatch_lost_jobs(store: JobStore, app: Celery, *, grace_s: float) -> list[str]:

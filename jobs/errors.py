@@ -22,5 +22,13 @@ class NotOwner(ShardlineError, PermissionError):
     """The caller does not own the job or promise it tried to see or control."""
 
 
+class IdTaken(ShardlineError, ValueError):
+    """A client-chosen id (of a promise) that is already in use."""
+
+
 class InvalidTransition(ShardlineError, ValueError):
     """A control request that does not apply in the current status (e.g. resume a finished job)."""
+
+
+class InvalidKind(ShardlineError, ValueError):
+    """A ``JOB_KINDS`` or ``PROMISE_KINDS`` entry that cannot be loaded; the message names it."""

@@ -2,6 +2,11 @@
 
 A kind is deterministic over its parameters: item ``i`` is the same whichever run processes it,
 so a run that resumes from a checkpoint computes exactly what an uninterrupted run would.
+
+The built-ins are ``profiling`` and ``llm``; ``JOB_KINDS`` adds plug-in kinds
+(``name=package.module:factory``, the factory called with the settings returns a
+:class:`JobKind`), loaded once per process by :func:`job_kinds` and checked when a worker or
+the API starts.
 """
 
 from __future__ import annotations
@@ -10,9 +15,14 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from pydantic import BaseModel, Field, StrictStr
 
 from jobs.errors import InvalidWork
+from jobs.params import JsonInt, checked_params
+from jobs.plugins import load_kinds
+from routing.queues import DEFAULT_QUEUE, workload_queue_for
 
 #: ``reply(owner, prompt) -> text``: the AI handler as a job sees it.
 AskAI = Callable[[str, str], str]
@@ -23,8 +33,11 @@ MAX_ITEMS = 1_000_000
 
 class JobKind(Protocol):
     name: str
-    #: Celery task name; its prefix picks the workload queue (routing.queues.WORKLOAD_ROUTES).
+    #: Celery task name; its prefix picks the workload queue (routing.queues.WORKLOAD_ROUTES),
+    #: any other name runs on the ``default`` queue.
     task_name: str
+    #: The accepted ``params``: checks a request and describes it in the OpenAPI document.
+    params_model: type[BaseModel]
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]: ...
     def total(self, params: dict[str, Any]) -> int: ...
@@ -35,11 +48,20 @@ class JobKind(Protocol):
     def result(self, params: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def _int_param(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidWork(f"params.{name}", f"must be an integer in {lo}..{hi}, got {value!r}")
-    return value
+
+
+class ProfilingParams(BaseModel):
+    rows: JsonInt = Field(default=1000, ge=1, le=MAX_ITEMS)
+    seed: JsonInt = Field(default=1, ge=0, le=2**31)
+    item_delay_ms: JsonInt = Field(default=0, ge=0, le=10_000,
+                                   description="Sleep before each item (for trying out).")
+
+
+class LLMParams(BaseModel):
+    prompts: list[Annotated[StrictStr, Field(min_length=1)]] = Field(min_length=1,
+                                                                     max_length=10_000)
+    item_delay_ms: JsonInt = Field(default=0, ge=0, le=10_000,
+                                   description="Sleep before each item (for trying out).")
 
 
 def _pause(params: dict[str, Any]) -> None:
@@ -53,11 +75,10 @@ class Profiling:
 
     name = "profiling"
     task_name = "shardline.jobs.profiling.run"
+    params_model: type[BaseModel] = ProfilingParams
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"rows": _int_param(params, "rows", 1000, 1, MAX_ITEMS),
-                "seed": _int_param(params, "seed", 1, 0, 2**31),
-                "item_delay_ms": _int_param(params, "item_delay_ms", 0, 0, 10_000)}
+        return checked_params(self.params_model, params).model_dump()
 
     def total(self, params: dict[str, Any]) -> int:
         return int(params["rows"])
@@ -109,14 +130,10 @@ class LLMBatch:
 
     name = "llm"
     task_name = "shardline.jobs.llm.run"
+    params_model: type[BaseModel] = LLMParams
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        prompts = params.get("prompts")
-        if (not isinstance(prompts, list) or not prompts or len(prompts) > 10_000
-                or not all(isinstance(p, str) and p for p in prompts)):
-            raise InvalidWork("params.prompts", "must be a list of 1..10000 non-empty strings")
-        return {"prompts": prompts,
-                "item_delay_ms": _int_param(params, "item_delay_ms", 0, 0, 10_000)}
+        return checked_params(self.params_model, params).model_dump()
 
     def total(self, params: dict[str, Any]) -> int:
         return len(params["prompts"])
@@ -136,11 +153,49 @@ class LLMBatch:
         return {"replies": state["replies"]}
 
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Profiling(), LLMBatch())}
+BUILT_IN_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Profiling(), LLMBatch())}
+
+_METHODS = ("validate", "total", "item_id", "initial_state", "process", "result")
+
+
+def _checked(name: str, kind: Any) -> JobKind:
+    if getattr(kind, "name", None) != name:
+        raise ValueError(f"the kind's name is {getattr(kind, 'name', None)!r}, not {name!r}")
+    if not isinstance(getattr(kind, "task_name", None), str) or not kind.task_name:
+        raise ValueError("the kind has no task_name (the Celery task name its jobs run as)")
+    model = getattr(kind, "params_model", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError("the kind's params_model is not a pydantic model class")
+    missing = [m for m in _METHODS if not callable(getattr(kind, m, None))]
+    if missing:
+        raise ValueError(f"the kind lacks the methods {missing}")
+    return kind  # type: ignore[no-any-return]
+
+
+_kinds: dict[str, JobKind] | None = None
+
+
+def job_kinds() -> dict[str, JobKind]:
+    """The built-in kinds and the ``JOB_KINDS`` plug-ins, loaded once per process."""
+    global _kinds
+    if _kinds is None:
+        import celeryconfig
+
+        settings = celeryconfig.settings
+        _kinds = load_kinds("JOB_KINDS", settings.job_kinds, settings,
+                            built_in=BUILT_IN_KINDS, check=_checked)
+    return _kinds
+
+
+def queue_of(kind: JobKind) -> str:
+    """The workload queue the kind's jobs wait in."""
+    # A plug-in kind's task without a workload route goes where Celery sends unrouted tasks.
+    return workload_queue_for(kind.task_name) or DEFAULT_QUEUE
 
 
 def kind_named(name: str) -> JobKind:
+    kinds = job_kinds()
     try:
-        return KINDS[name]
+        return kinds[name]
     except KeyError:
-        raise InvalidWork("kind", f"must be one of {sorted(KINDS)}, got {name!r}") from None
+        raise InvalidWork("kind", f"must be one of {sorted(kinds)}, got {name!r}") from None

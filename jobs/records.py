@@ -13,7 +13,8 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     #: A worker holds the job's lease and is processing items.
     RUNNING = "running"
-    #: Stopped at a checkpoint on request; ``resume`` continues after the last item.
+    #: Stopped at a checkpoint on request, or by the soft time limit (``JOB_SOFT_TIME_LIMIT_S``,
+    #: its ``message`` says so); ``resume`` continues after the last checkpointed item.
     PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"

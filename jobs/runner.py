@@ -5,12 +5,17 @@ items), so a pause always stops right after a committed item and ``resume`` cont
 next one. Items processed after the last checkpoint by a run that dies are processed again by
 the next run (their ids are committed only with a checkpoint, so the processed list and the
 result never count them twice).
+
+A run past Celery's soft time limit (``JOB_SOFT_TIME_LIMIT_S``) stops paused at its last
+checkpoint, its message saying so; ``resume`` continues from there.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from jobs.kinds import AskAI, kind_named
 from jobs.records import JobStatus
@@ -60,9 +65,25 @@ def run_job(store: JobStore, job_id: str, *, holder: str, task_id: str, ask: Ask
                 return "lost"
             if on_progress is not None:
                 on_progress(position, total, message)
+    except SoftTimeLimitExceeded:
+        return _stop_at_soft_limit(store, job_id, holder, position)
     except Exception as exc:
         log.exception("job %s failed at item %d", job_id, position)
         store.settle(job_id, holder, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         return JobStatus.FAILED.value
     store.settle(job_id, holder, JobStatus.COMPLETED, result=kind.result(params, state))
     return JobStatus.COMPLETED.value
+
+
+def _stop_at_soft_limit(store: JobStore, job_id: str, holder: str, reached: int) -> str:
+    """Pause the run at its last checkpoint. The limit strikes wherever the run is, maybe
+    half-way through an item, so the in-memory state is not saved: the checkpoint is whole,
+    and the items after it are processed again on resume (committed once)."""
+    saved = store.load_checkpoint(job_id)
+    resume_at = saved.position if saved else 0
+    message = (f"paused by the soft time limit (JOB_SOFT_TIME_LIMIT_S) after {reached} items; "
+               f"resume continues from the checkpoint at item {resume_at}")
+    log.warning("job %s: %s", job_id, message)
+    if not store.settle(job_id, holder, JobStatus.PAUSED, message=message):
+        return "lost"
+    return JobStatus.PAUSED.value

@@ -49,7 +49,8 @@ redis.call('HSET', KEYS[1], 'current', ARGV[3], 'message', ARGV[6], 'beat_at', A
 return redis.call('HGET', KEYS[1], 'control') or ''
 """
 
-# KEYS: job, checkpoint  ARGV: holder ('' = any), status, now, result, error, drop_checkpoint
+# KEYS: job, checkpoint  ARGV: holder ('' = any), status, now, result, error, drop_checkpoint,
+# message ('' = keep)
 _SETTLE = """
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'holder', '', 'control', '', 'updated_at', ARGV[3])
@@ -59,6 +60,7 @@ end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[6] == '1' then redis.call('DEL', KEYS[2]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'message', ARGV[7]) end
 return 1
 """
 
@@ -215,9 +217,9 @@ class JobStore:
                   *item_ids]))
 
     def settle(self, job_id: str, holder: str, status: JobStatus, *, result: Any = None,
-               error: str = "", drop_checkpoint: bool = False) -> bool:
+               error: str = "", drop_checkpoint: bool = False, message: str = "") -> bool:
         return bool(self._settle(
             keys=[keys.job(job_id), keys.job_checkpoint(job_id)],
             args=[holder, status.value, time.time(),
                   "" if result is None else json.dumps(result), error,
-                  "1" if drop_checkpoint else "0"]))
+                  "1" if drop_checkpoint else "0", message]))

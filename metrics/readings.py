@@ -86,9 +86,9 @@ class DeploymentReading:
 
 
 def deployment_breakers(client: redis.Redis, settings: Any) -> list[CircuitBreaker]:
-    """The breakers a deployment's workers use, with the workers' thresholds."""
-    return [CircuitBreaker(client, AI_BREAKER, failures=settings.breaker_failures,
-                           open_s=settings.breaker_open_s)]
+    """The breakers a deployment's workers use, with the thresholds the workers recorded
+    (``settings``' until one has)."""
+    return [CircuitBreaker.as_recorded(client, AI_BREAKER, settings=settings)]
 
 
 def read_deployment(client: redis.Redis, *, default_shard_count: int,

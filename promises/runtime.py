@@ -24,7 +24,7 @@ import redis
 from celery import Celery
 
 from promises.db import engine_for
-from promises.kinds import WORK, AskAI
+from promises.kinds import AskAI, promise_kinds
 from promises.models import PromiseStatus
 from promises.service import PromiseService
 from promises.store import Promise, PromiseStore
@@ -118,7 +118,8 @@ def _work(service: PromiseService, promise: Promise, attempt: int, ask: AskAI,
     tries = 0
     while True:
         try:
-            return "worked", WORK[promise.type](promise.params, parents, ask, promise.owner)
+            work = promise_kinds()[promise.type].work  # a kind no longer configured fails
+            return "worked", work(promise.params, parents, ask, promise.owner)
         except Exception as exc:
             tries += 1
             if not store.count_retry(promise.id, attempt):

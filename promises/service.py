@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import IntegrityError
 
-from jobs.errors import InvalidTransition, InvalidWork, NotOwner, WorkNotFound
+from jobs.errors import IdTaken, InvalidTransition, InvalidWork, NotOwner, WorkNotFound
 from promises.kinds import check_params
 from promises.models import PromiseEdge, PromiseRow, PromiseStatus
 from promises.store import Promise, PromiseStore
@@ -94,7 +94,7 @@ class PromiseService:
             raise NotOwner(f"parent promises {foreign} belong to another owner")
         clash = sorted(self.store.existing(ids))
         if clash:
-            raise InvalidWork("id", f"promise ids {clash} already exist")
+            raise IdTaken(f"promise ids {clash} already exist")
         _topological(specs, ids)
         try:
             self.store.insert(rows, edges)

@@ -11,7 +11,13 @@ Import this package (never ``tasks``) from producers. Public API:
 
 from routing import publish_time as _publish_time  # noqa: F401  (stamps published_at)
 from routing.dispatch import ChatMessage, DispatchResult, dispatch_batch, producer_app, send
-from routing.errors import InvalidDispatch, InvalidUserId, PublishFailed, ShardlineError
+from routing.errors import (
+    InvalidDispatch,
+    InvalidUserId,
+    PublishFailed,
+    RedisAuthFailed,
+    ShardlineError,
+)
 from routing.hashing import jump_hash, key_hash, shard_for
 from routing.router import ShardRouter, queue_for, route_task
 from routing.userid import canonical_user_id
@@ -22,6 +28,7 @@ __all__ = [
     "InvalidDispatch",
     "InvalidUserId",
     "PublishFailed",
+    "RedisAuthFailed",
     "ShardRouter",
     "ShardlineError",
     "canonical_user_id",

@@ -33,8 +33,9 @@ from kombu.exceptions import OperationalError
 from kombu.utils.uuid import uuid
 
 from routing import keys
+from routing.credentials import auth_message, auth_problem, redact_url
 from routing.envelope import USER_HEADER, EnvelopeBuilder
-from routing.errors import InvalidDispatch, PublishFailed
+from routing.errors import InvalidDispatch, PublishFailed, RedisAuthFailed
 from routing.hashing import shard_for
 from routing.payload import check_payload, task_body
 from routing.publish import Outgoing, Published, PublishScript, StaleEpoch
@@ -155,7 +156,8 @@ def with_publish_retry(app: Celery, what: str, fn: Callable[[], T],
                        budget_s: float | None = None) -> T:
     """Run ``fn``, retrying with capped exponential backoff while Redis is unreachable.
 
-    After ``budget_s`` (``PUBLISH_RETRY_S``) of failures it raises :class:`PublishFailed`.
+    After ``budget_s`` (``PUBLISH_RETRY_S``) of failures it raises :class:`PublishFailed`;
+    refused credentials raise :class:`RedisAuthFailed` at once.
     """
     import celeryconfig
 
@@ -166,21 +168,20 @@ def with_publish_retry(app: Celery, what: str, fn: Callable[[], T],
         attempts += 1
         try:
             return fn()
-        except RETRYABLE as exc:
+        except Exception as exc:
+            url = str(app.conf.broker_url)
+            if problem := auth_problem(exc):
+                raise RedisAuthFailed(f"could not {what}: {auth_message(url, problem)}") from exc
+            if not isinstance(exc, RETRYABLE):
+                raise
             left = deadline - time.monotonic()
             if left <= 0:
                 raise PublishFailed(
-                    f"could not {what}: the broker at {_safe_url(app)} was unreachable for "
+                    f"could not {what}: the broker at {redact_url(url)} was unreachable for "
                     f"{budget:g}s (PUBLISH_RETRY_S), {attempts} attempts; last error: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             time.sleep(min(left, 0.05 * 2 ** min(attempts, 5)))
-
-
-def _safe_url(app: Celery) -> str:
-    url = str(app.conf.broker_url or "")
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
 #: Re-routes of one batch after stale-epoch refusals before giving up (each one means the map

@@ -18,3 +18,14 @@ class InvalidDispatch(ShardlineError, ValueError):
 
 class PublishFailed(ShardlineError, ConnectionError):
     """The broker could not be reached within the producer's retry budget."""
+
+
+class RedisAuthFailed(PublishFailed):
+    """Redis refused the credentials (wrong password, unknown user, an ACL without a needed
+    command or key). Raised at once: retrying cannot help. A :class:`PublishFailed`, so
+    callers that handle an unreachable broker handle this too."""
+
+
+#: Exit status of a worker or beat whose Redis refused the credentials (EX_CONFIG): a
+#: supervisor must not restart it in a loop, as restarting cannot heal it.
+EXIT_AUTH_FAILED = 78

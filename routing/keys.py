@@ -61,6 +61,12 @@ def breaker_open(name: str) -> str:
     return f"{PREFIX}breaker:{name}:open"
 
 
+def breaker_thresholds(name: str) -> str:
+    """Hash of breaker ``name``'s thresholds as the workers run it (``failures``, ``open_s``):
+    written by each worker process that builds it, read by the CLI and the exporter."""
+    return f"{PREFIX}breaker:{name}:thresholds"
+
+
 def breaker_probe(name: str) -> str:
     """Half-open probe token: the one caller that SET NX it makes the trial call."""
     return f"{PREFIX}breaker:{name}:probe"

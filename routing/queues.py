@@ -8,13 +8,18 @@ touch a shard.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 SHARD_QUEUE_PREFIX = "shard."
 
-#: Catch-all queue for tasks without a route of their own (maintenance, beat jobs).
+#: Catch-all queue for tasks without a route of their own.
 DEFAULT_QUEUE = "default"
 #: The queue shard hosts listen on as Celery workers (remote control, lifecycle). Nothing is
 #: ever published there: a host takes its shards' messages itself (``shardhost.host``).
 SHARD_HOST_QUEUE = "shard-hosts"
+#: The control plane's passes (lost-work recovery, cleanup, overdue cancels): consumed by a
+#: worker of its own that runs no user work, so a pass never waits behind a long job.
+MAINTENANCE_QUEUE = "maintenance"
 #: Data-profiling jobs.
 PROFILING_QUEUE = "profiling"
 #: LLM batch jobs.
@@ -29,6 +34,12 @@ WORKLOAD_QUEUES: tuple[str, ...] = (PROFILING_QUEUE, LLM_QUEUE, PROMISES_QUEUE, 
 SEND_AI_RESPONSE = "shardline.send_ai_response"
 SEND_PROACTIVE_MESSAGE = "shardline.send_proactive_message"
 NOTIFY_PROMISE_DONE = "shardline.notify_promise_done"
+#: Beat's maintenance pass, and the restart pass a workload worker sends naming itself.
+MAINTENANCE = "shardline.maintenance"
+#: Revokes a running job that ignored its cancel request for ``JOB_CANCEL_GRACE_S``.
+ENFORCE_CANCEL = "shardline.jobs.enforce_cancel"
+#: Tasks of the control plane, routed to :data:`MAINTENANCE_QUEUE`.
+MAINTENANCE_TASKS: frozenset[str] = frozenset({MAINTENANCE, ENFORCE_CANCEL})
 #: Runs a released user's held messages on their shard (sent when a parked one is discarded).
 RELEASE_HELD = "shardline.release_held"
 
@@ -62,6 +73,14 @@ def shard_of_queue(queue: str) -> int | None:
         return None
     tail = queue[len(SHARD_QUEUE_PREFIX) :]
     return int(tail) if tail.isdigit() else None
+
+
+def is_workload_worker(queues: Iterable[str]) -> bool:
+    """Whether a worker consuming ``queues`` is a workload worker: it consumes a workload
+    queue and no shard queue (it holds jobs and promises; it never runs ordered tasks)."""
+    names = set(queues)
+    return bool(names & set(WORKLOAD_QUEUES)) and not any(
+        shard_of_queue(name) is not None for name in names)
 
 
 def workload_queue_for(task_name: str) -> str | None:

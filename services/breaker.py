@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -57,6 +57,25 @@ class CircuitBreaker:
         self._k_failures = keys.breaker_failures(name)
         self._k_open = keys.breaker_open(name)
         self._k_probe = keys.breaker_probe(name)
+        #: Whether the thresholds are the ones the workers recorded (see :meth:`as_recorded`).
+        self.recorded = False
+
+    @classmethod
+    def as_recorded(cls, client: redis.Redis, name: str, *, settings: Any) -> CircuitBreaker:
+        """Breaker ``name`` with the thresholds its workers recorded in Redis, for readers
+        (CLI, exporter) whose own environment may differ; ``settings``' thresholds only until
+        a worker has recorded them (``recorded`` is then False)."""
+        raw = cast(dict[str, str], client.hgetall(keys.breaker_thresholds(name)))
+        breaker = cls(client, name,
+                      failures=int(raw.get("failures") or settings.breaker_failures),
+                      open_s=float(raw.get("open_s") or settings.breaker_open_s))
+        breaker.recorded = bool(raw)
+        return breaker
+
+    def record_thresholds(self) -> None:
+        """Write this (worker's) breaker's thresholds where :meth:`as_recorded` reads them."""
+        self.redis.hset(keys.breaker_thresholds(self.name),
+                        mapping={"failures": self.failures, "open_s": self.open_s})
 
     def status(self) -> BreakerStatus:
         with self.redis.pipeline(transaction=False) as pipe:

@@ -24,7 +24,7 @@ import redis
 from routing import keys
 from services.ai.base import AIHandler, load_handler
 from services.barrier import DrainBarrier
-from services.breaker import BreakerGuardedHandler, CircuitBreaker
+from services.breaker import AI_BREAKER, BreakerGuardedHandler, CircuitBreaker
 from services.conversation import ConversationStore
 from services.deadletter import DeadLetterStore
 from services.hold import HoldStore
@@ -43,8 +43,9 @@ class Component:
 
 def _ai(settings: Any, built: dict[str, Any]) -> AIHandler:
     # Every worker of the deployment shares one breaker: its state lives in Redis.
-    breaker = CircuitBreaker(built["redis"], "ai", failures=settings.breaker_failures,
+    breaker = CircuitBreaker(built["redis"], AI_BREAKER, failures=settings.breaker_failures,
                              open_s=settings.breaker_open_s)
+    breaker.record_thresholds()  # readers show the workers' threshold, not their own env's
     return BreakerGuardedHandler(load_handler(settings.ai_handler, settings), breaker)
 
 

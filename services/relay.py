@@ -15,6 +15,12 @@ Delivery is at least once and in feed order per user:
   without sending: a relay that died between Telegram's answer and its ``XACK`` does not
   send it again on restart (only a crash between those two can still duplicate).
 
+Within Telegram's limits (:mod:`services.relay_pacing`): a chat gets about one request per
+second, all chats together at most 30 per second, and a chat answered 429 gets nothing
+before its ``retry_after`` has passed, then the same message again. A chat that must wait
+holds back only its own user's entries (they stay pending, in order); other chats go on.
+A 429 is flow control, not a failure: it does not slow the relay's retry backoff.
+
 Run exactly one relay per deployment (one consumer name): a consumer group spreads entries
 over its consumers, so two relays would race for one user's messages.
 """
@@ -22,14 +28,17 @@ over its consumers, so two relays would race for one user's messages.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
+import time
 from typing import Any, cast
 
 import httpx
 import redis
 
 from routing import keys
+from services.relay_pacing import ChatPacer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,17 @@ class _RedactToken(logging.Filter):
         return True
 
 
+def _retry_after_s(response: httpx.Response) -> float:
+    """A 429's ``parameters.retry_after`` (seconds); one interval if it gives none."""
+    try:
+        retry_after = response.json().get("parameters", {}).get("retry_after")
+    except (ValueError, AttributeError):
+        retry_after = None
+    if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+        return max(float(retry_after), 0.0)
+    return 1.0
+
+
 def chat_id_of(value: str) -> int | str:
     """Telegram chat ids are integers; ``@channel`` names and other strings pass through."""
     return int(value) if _INT_ID.fullmatch(value) else value
@@ -67,7 +87,7 @@ def chat_id_of(value: str) -> int | str:
 class TelegramRelay:
     def __init__(self, client: redis.Redis, token: str, api_base: str, *,
                  consumer: str = DEFAULT_CONSUMER, batch: int = 100, timeout_s: float = 30.0,
-                 retry_max_s: float = 30.0) -> None:
+                 retry_max_s: float = 30.0, pacer: ChatPacer | None = None) -> None:
         if not token:
             raise ValueError("a Telegram bot token is required")
         self.redis = client
@@ -79,8 +99,11 @@ class TelegramRelay:
         self.http = httpx.Client(timeout=timeout_s)
         self._redact = _RedactToken(token)
         logging.getLogger("httpx").addFilter(self._redact)
+        self.pacer = pacer or ChatPacer()
         #: Entries that failed in the last round (they stay pending and are retried).
         self.failed = 0
+        #: Entries held back in the last round because their chat must wait (pace or 429).
+        self.deferred = 0
         self._group_ready = False
 
     # ---- Redis side -----------------------------------------------------------------------
@@ -139,15 +162,28 @@ class TelegramRelay:
 
     # ---- Telegram side ----------------------------------------------------------------------
 
-    def _send(self, chat_id: int | str, text: str) -> bool:
-        """POST sendMessage; True only for an HTTP 2xx answer with ``{"ok": true}``."""
+    def _send(self, chat_id: int | str, text: str) -> bool | None:
+        """POST sendMessage: True for an HTTP 2xx answer with ``{"ok": true}``, None for a
+        429 (the chat waits its ``retry_after``), False for any other failure."""
+        chat = str(chat_id)
+        time.sleep(self.pacer.overall_wait_s())
         try:
             response = self.http.post(self.url, json={"chat_id": chat_id, "text": text})
-            ok = response.is_success and response.json().get("ok") is True
-        except (httpx.HTTPError, ValueError) as exc:
+        except httpx.HTTPError as exc:
+            self.pacer.answered(chat)
             # httpx messages contain the URL, and so the token: never log it.
             log.warning("sendMessage failed: %s", str(exc).replace(self.token, "<token>"))
             return False
+        if response.status_code == 429:
+            retry_after = _retry_after_s(response)
+            self.pacer.answered(chat, retry_after)
+            log.info("sendMessage to chat %s: 429, resending after %.0f s", chat, retry_after)
+            return None
+        self.pacer.answered(chat)
+        try:
+            ok = response.is_success and response.json().get("ok") is True
+        except ValueError:
+            ok = False
         if not ok:
             log.warning("sendMessage answered HTTP %d: %.200s", response.status_code,
                         response.text.replace(self.token, "<token>"))
@@ -173,11 +209,20 @@ class TelegramRelay:
                 log.error("outbox entry %s of user %s is gone; skipped", entry_id, user)
                 self._ack(feed_id)
                 continue
-            if self._send(chat_id_of(entry.get("chat_id") or user), entry.get("text", "")):
+            chat_id = chat_id_of(entry.get("chat_id") or user)
+            if self.pacer.chat_wait_s(str(chat_id)) > 0:
+                blocked.add(user)  # its chat must wait: this and the user's later entries
+                self.deferred += 1
+                continue
+            sent = self._send(chat_id, entry.get("text", ""))
+            if sent:
                 self._ack(feed_id, user, entry_id)
                 delivered += 1
+                continue
+            blocked.add(user)
+            if sent is None:
+                self.deferred += 1
             else:
-                blocked.add(user)
                 self.failed += 1
         return delivered
 
@@ -186,11 +231,17 @@ class TelegramRelay:
         when nothing was pending). Returns how many messages Telegram accepted."""
         if not self._group_ready:
             self.ensure_group()
-        self.failed = 0
+        self.failed = self.deferred = 0
         blocked: set[str] = set()
         pending = self._pending()
         delivered = self._deliver(pending, blocked)
         wait = block_ms if block_ms > 0 and not pending else None
+        due_s = self.pacer.next_due_s()
+        if pending and not delivered and not self.failed and due_s is not None:
+            # Every pending entry waits for its chat: wait for new entries until the first
+            # chat is due (new ones of other chats end the wait at once), at most a second or
+            # ``block_ms``, so a stop request is never kept waiting for a long retry_after.
+            wait = max(math.ceil(min(due_s * 1000, max(block_ms, 1000))), 1)
         delivered += self._deliver(self._read(">", wait), blocked)
         return delivered
 

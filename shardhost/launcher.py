@@ -31,6 +31,7 @@ from collections.abc import Iterable
 import redis
 
 import celeryconfig
+from routing.errors import EXIT_AUTH_FAILED
 from routing.queues import SHARD_HOST_QUEUE, shard_queue
 from shardhost.follower import ShardMapFollower
 from shardhost.solo_lease import adopt_shard_map
@@ -46,13 +47,13 @@ def shard_worker_argv(shard: int, loglevel: str = "INFO") -> list[str]:
             "--without-gossip", "--without-mingle", "-l", loglevel]
 
 
-def host_worker_argv(slot: int, loglevel: str = "INFO") -> list[str]:
+def host_worker_argv(slot: int, loglevel: str = "INFO", node: str | None = None) -> list[str]:
     """The command line of shard host ``slot`` (its environment names the slot: SHARD_HOST_SLOT).
 
     A Celery worker, so remote control, signals and the registry work as for any worker; it
     listens on a queue nothing is published to, and runs its shards on its own threads."""
     return [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "solo", "-c", "1",
-            "-Q", SHARD_HOST_QUEUE, "-n", f"host-{slot}@%h", "--without-gossip",
+            "-Q", SHARD_HOST_QUEUE, "-n", f"{node or f'host-{slot}'}@%h", "--without-gossip",
             "--without-mingle", "-l", loglevel]
 
 
@@ -77,6 +78,9 @@ class HostProcesses:
         while not self.stopping:
             for slot, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self.stopping:
+                    if refused_credentials(proc):
+                        terminate_all(self.procs.values())
+                        return EXIT_AUTH_FAILED
                     _say(f"shard host {slot} exited with {proc.returncode}; restarting")
                     self.start(slot)
             time.sleep(0.2)
@@ -111,6 +115,9 @@ class ShardProcesses:
                 next_poll = time.monotonic() + self.poll_s
             for shard, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self.stopping:
+                    if refused_credentials(proc):
+                        terminate_all(self.procs.values())
+                        return EXIT_AUTH_FAILED
                     if proc.returncode == 0 and self._retired(shard):
                         _say(f"shard {shard} worker exited 0 after the shard was removed by a "
                              "rescale and drained; not restarting it")
@@ -150,6 +157,15 @@ class ShardProcesses:
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+
+def refused_credentials(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a child exited because Redis refused its credentials: restarting it cannot
+    help, so the runner stops everything and exits with the same status."""
+    if proc.returncode != EXIT_AUTH_FAILED:
+        return False
+    _say("a child exited because Redis refused the credentials; stopping (fix REDIS_URL)")
+    return True
 
 
 def terminate_all(procs: Iterable[subprocess.Popen[bytes]]) -> int:

@@ -30,6 +30,11 @@ from tasks.instrumentation import task_metrics
 
 log = logging.getLogger(__name__)
 
+#: The transport by name, not by class: kombu puts it into the connection's info, which
+#: ``celery inspect stats`` sends back as JSON; a class there fails to encode, and the worker
+#: never answers (``EncodeError: Object of type type is not JSON serializable``).
+GUARDED_TRANSPORT = f"{GuardedTransport.__module__}:{GuardedTransport.__qualname__}"
+
 
 class Poison(Exception):
     """Why a message cannot run; carries what is known of it for the dead-letter record."""
@@ -95,7 +100,7 @@ class ShardlineConsumer(Consumer):
 
     def connection_for_read(self, heartbeat: Any = None) -> Any:
         return self.ensure_connected(
-            self.app.connection_for_read(heartbeat=heartbeat, transport=GuardedTransport))
+            self.app.connection_for_read(heartbeat=heartbeat, transport=GUARDED_TRANSPORT))
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)

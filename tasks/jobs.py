@@ -1,5 +1,8 @@
 """The job tasks: one per job kind (routed by name to its workload queue) and the cancel guard.
 
+The plug-in kinds of ``JOB_KINDS`` are loaded (and checked) when a worker imports this module,
+so a bad entry stops the worker at start with an error naming it.
+
 Progress lives in the job's Redis record (``jobs.store``), readable without a result backend;
 ``update_state`` is called as well when a result backend is configured.
 """
@@ -9,9 +12,10 @@ from __future__ import annotations
 from celery import Task
 
 import celeryconfig
-from jobs.control import ENFORCE_CANCEL, enforce_cancel
-from jobs.kinds import KINDS
+from jobs.control import enforce_cancel
+from jobs.kinds import BUILT_IN_KINDS, job_kinds
 from jobs.runner import run_job
+from routing.queues import ENFORCE_CANCEL
 from services.registry import services
 from tasks.app import app
 from tasks.maintenance import job_store, lease_holder
@@ -34,16 +38,34 @@ def _run(task: Task, job_id: str) -> str:
                    on_progress=report)
 
 
-@app.task(name=KINDS["profiling"].task_name, base=WorkloadTask, bind=True)
+#: A run past ``JOB_SOFT_TIME_LIMIT_S`` gets ``SoftTimeLimitExceeded`` and stops paused at its
+#: last checkpoint (``jobs.runner``). Only job tasks carry it: an ordered task never does.
+SOFT_LIMIT_S = celeryconfig.settings.job_soft_time_limit_s
+
+
+@app.task(name=BUILT_IN_KINDS["profiling"].task_name, base=WorkloadTask, bind=True,
+          soft_time_limit=SOFT_LIMIT_S)
 def profiling_job(self: Task, job_id: str) -> str:
     """Profile generated rows: per-column statistics, checkpointed every K rows."""
     return _run(self, job_id)
 
 
-@app.task(name=KINDS["llm"].task_name, base=WorkloadTask, bind=True)
+@app.task(name=BUILT_IN_KINDS["llm"].task_name, base=WorkloadTask, bind=True,
+          soft_time_limit=SOFT_LIMIT_S)
 def llm_batch_job(self: Task, job_id: str) -> str:
     """Ask the AI handler about each prompt of the batch, checkpointed every K prompts."""
     return _run(self, job_id)
+
+
+def _plug_in_job(self: Task, job_id: str) -> str:
+    """Run a job of a plug-in kind (``JOB_KINDS``), checkpointed every K items."""
+    return _run(self, job_id)
+
+
+for _kind in job_kinds().values():
+    if _kind.name not in BUILT_IN_KINDS:
+        app.task(name=_kind.task_name, base=WorkloadTask, bind=True,
+                 soft_time_limit=SOFT_LIMIT_S)(_plug_in_job)
 
 
 @app.task(name=ENFORCE_CANCEL)

@@ -1,6 +1,7 @@
 """Beat's maintenance pass and the restart pass: recover lost jobs and promises, clean up.
 
-``shardline.maintenance`` runs on the ``default`` queue every ``MAINTENANCE_INTERVAL_S`` (beat)
+``shardline.maintenance`` runs on the ``maintenance`` queue (a worker of its own, never busy
+with user work) every ``MAINTENANCE_INTERVAL_S`` (beat)
 and once when a workload worker starts, naming that worker, so runs it held before a
 ``kill -9`` are re-queued at once instead of after ``WORK_LEASE_S``. Each pass also re-sends
 a queued job whose message the broker lost before any run took it, once that message was
@@ -18,7 +19,7 @@ from celery.signals import worker_ready
 import celeryconfig
 from jobs.control import clean_finished_jobs, recover_jobs, redispatch_lost_jobs
 from jobs.store import JobStore
-from routing.queues import WORKLOAD_QUEUES
+from routing.queues import MAINTENANCE, is_workload_worker
 from services.registry import services
 from tasks.app import app
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 #: This worker's boot: imported before the pool forks, so every child shares it.
 BOOT_ID = uuid.uuid4().hex
-MAINTENANCE = "shardline.maintenance"
 
 
 def job_store() -> JobStore:
@@ -63,6 +63,6 @@ def maintenance(node: str | None = None, boot: str | None = None) -> dict[str, A
 @worker_ready.connect
 def _recover_after_restart(sender: Any = None, **_: Any) -> None:
     queues = getattr(sender.app.amqp.queues, "consume_from", None) or sender.app.amqp.queues
-    if not set(queues) & set(WORKLOAD_QUEUES):
-        return  # shard workers never hold jobs or promises
+    if not is_workload_worker(queues):
+        return  # shard and maintenance workers never hold jobs or promises
     sender.app.send_task(MAINTENANCE, kwargs={"node": sender.hostname, "boot": BOOT_ID})

@@ -1,16 +1,23 @@
-"""The promise task: run one dispatched promise (``shardline.promises.run``, promises queue)."""
+"""The promise task: run one dispatched promise (``shardline.promises.run``, promises queue).
+
+The plug-in kinds of ``PROMISE_KINDS`` are loaded (and checked) when a worker imports this
+module, so a bad entry stops the worker at start with an error naming it.
+"""
 
 from __future__ import annotations
 
 from celery import Task
 
 import celeryconfig
+from promises.kinds import promise_kinds
 from promises.runtime import promise_service, run_promise
 from promises.service import RUN_PROMISE
 from services.registry import services
 from tasks.app import app
 from tasks.maintenance import lease_holder
 from tasks.workload import WorkloadTask
+
+promise_kinds()
 
 
 @app.task(name=RUN_PROMISE, base=WorkloadTask, bind=True)

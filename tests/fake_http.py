@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,8 @@ class Request:
     path: str
     headers: dict[str, str]
     body: Any  # decoded JSON, or None
+    #: ``time.monotonic()`` when the server had read the request: what tests order events by.
+    received_at: float = 0.0
 
 
 #: (request, number of earlier requests) -> (HTTP status, JSON body)
@@ -41,7 +44,8 @@ class FakeJSONServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                request = Request("POST", self.path, headers, json.loads(raw) if raw else None)
+                request = Request("POST", self.path, headers, json.loads(raw) if raw else None,
+                                  time.monotonic())
                 with server._lock:
                     earlier = len(server.requests)
                     server.requests.append(request)

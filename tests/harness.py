@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
-from routing.queues import shard_queue
+from routing.queues import MAINTENANCE_QUEUE, shard_queue
 from shardhost.launcher import host_worker_argv, shard_worker_argv
 from shardhost.solo_lease import EXIT_LEASE_LOST
 
@@ -61,6 +61,10 @@ class WorkerSet:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen[bytes]:
+        running = self.procs.get(name)
+        if running is not None and running.poll() is None:
+            # Still tracked under another key, so stop_all stops it too (not left over).
+            self.procs[f"{name}~{running.pid}"] = running
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, env={**self.env, **env}, cwd=PROJECT_DIR, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -78,7 +82,7 @@ class WorkerSet:
     def start_host(self, name: str, shard_range: str, concurrency: int, *, slot: int = 0,
                    hosts: int = 1) -> subprocess.Popen[bytes]:
         """A shard host for ``shard_range`` (host ``slot`` of ``hosts``)."""
-        return self.start(name, host_worker_argv(slot, "INFO"), SHARD_RANGE=shard_range,
+        return self.start(name, host_worker_argv(slot, "INFO", node=name), SHARD_RANGE=shard_range,
                           SHARD_CONCURRENCY=str(concurrency), SHARD_HOST_SLOT=str(slot),
                           SHARD_PROCESSES=str(hosts))
 
@@ -92,6 +96,15 @@ class WorkerSet:
         return self.start(name, [sys.executable, "-m", "celery", "-A", "tasks", "worker",
                                  "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
                                  "-l", "INFO", *args])
+
+    def start_maintenance(self) -> subprocess.Popen[bytes]:
+        """The maintenance worker as the Procfile runs it: the maintenance queue only. One per
+        set: a test that starts its workloads again keeps the running one."""
+        running = self.procs.get("maintenance")
+        if running is not None and running.poll() is None:
+            return running
+        return self.start_celery("maintenance", "-Q", MAINTENANCE_QUEUE, "-c", "1",
+                                 "--prefetch-multiplier", "1")
 
     def kill(self, name: str) -> None:
         """kill -9 of every process of the worker (its process group)."""

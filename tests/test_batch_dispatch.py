@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import socket
 import threading
 from typing import Any
 
@@ -24,6 +23,7 @@ from routing import ChatMessage, InvalidDispatch, InvalidUserId, dispatch_batch,
 from routing.envelope import EPOCH_HEADER, PUBLISHED_AT_HEADER, SEQ_HEADER
 from routing.queues import SHARD_QUEUE_PREFIX, shard_queue
 from tests.harness import producer_for, wait_until
+from tests.redis_proxy import ReplyGate
 
 SHARDS = 4  # the fixtures' default SHARD_COUNT
 
@@ -159,66 +159,6 @@ def test_bad_message_in_batch_publishes_nothing(producer, rclient) -> None:  # t
 
 
 # ---- one round trip -------------------------------------------------------------------------
-
-
-class ReplyGate:
-    """A TCP proxy to Redis that forwards requests at once and replies only while open."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.open = threading.Event()
-        self.open.set()
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            for src, dst, gated in ((client, server, False), (server, client, True)):
-                t = threading.Thread(target=self._pump, args=(src, dst, gated), daemon=True)
-                self._threads.append(t)
-                t.start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, gated: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                while gated and not self.open.wait(0.2):
-                    if self._stop.is_set():
-                        return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self.open.set()
-        self._listener.close()
-        for s in self._sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-        for t in self._threads:
-            t.join(5)
 
 
 def _calls(client: redis.Redis) -> dict[str, int]:

@@ -27,7 +27,7 @@ from cli.chatload import chat_load, check_order, delivered_count
 from deploy.launcher import PROJECT_DIR, child_env, wait_for_workers
 from deploy.supervisor import render
 from routing import ChatMessage, dispatch_batch, keys, shard_for
-from routing.queues import WORKLOAD_QUEUES, shard_queue
+from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES, shard_queue
 from shardhost.lease import ShardLease
 from tests.harness import alive, wait_until
 
@@ -223,6 +223,7 @@ def test_host_config_defaults_to_shard_range_and_reads_only_shardline_home():
     no_beat = subprocess.run([str(BIN / "shardline"), "supervisor-config", "--no-beat"],
                              env=env, capture_output=True, text=True, check=True).stdout
     assert "[program:workloads]" in no_beat and "[program:beat]" not in no_beat
+    assert "[program:maintenance]" in out and "[program:maintenance]" not in no_beat
 
 
 def test_two_hosts_consume_every_shard_exactly_once(hosts, producer, rclient, redis_url,
@@ -231,22 +232,24 @@ def test_two_hosts_consume_every_shard_exactly_once(hosts, producer, rclient, re
     or consumed twice (the range offset numprocs_start wrong, SHARD_RANGE ignored), if a
     shard's lease is not held by that host's worker, if any user's replies are missing,
     duplicated or out of order, if a shard's replies come from more than one worker, or if
-    beat / the workload worker run on the host configured without them."""
+    beat / the workload worker / the maintenance worker run on the host configured without
+    them."""
     a = Host("host-a", tmp_path, redis_url, "0-1")
     hosts.append(a)
     b = Host("host-b", tmp_path, redis_url, "2-3", "--no-workloads", "--no-beat")
     hosts.append(b)
     owner = {0: a, 1: a, 2: b, 3: b}
     wait_for_workers(producer, [shard_queue(s) for s in range(SHARD_COUNT)]
-                     + list(WORKLOAD_QUEUES))
+                     + [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
 
     shard_queues = [shard_queue(s) for s in range(SHARD_COUNT)]
-    consumers = _consumers(producer, shard_queues + list(WORKLOAD_QUEUES))
+    consumers = _consumers(producer, shard_queues + [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
     assert [consumers[q] for q in shard_queues] == [1, 1, 1, 1], consumers
-    assert all(consumers[q] == 1 for q in WORKLOAD_QUEUES), consumers
+    assert all(consumers[q] == 1 for q in (*WORKLOAD_QUEUES, MAINTENANCE_QUEUE)), consumers
     a_cmds, b_cmds = " | ".join(a.cmdlines()), " | ".join(b.cmdlines())
     assert a_cmds.count(" beat ") == 1 and " beat " not in b_cmds
     assert "-n workloads@" in a_cmds and "-n workloads@" not in b_cmds
+    assert "-n maintenance@" in a_cmds and "-n maintenance@" not in b_cmds
     assert b_cmds.count("-P solo") == 2
     for shard, host in owner.items():
         assert _lease_pid(rclient, shard) == host.shard_pid(shard), f"lease of shard {shard}"

@@ -23,16 +23,18 @@ from jobs.records import JobStatus
 from jobs.store import JobStore
 from routing import keys
 from routing.kombu_lists import priority_lists
-from routing.queues import WORKLOAD_QUEUES
+from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 from tests.harness import WorkerSet, wait_until
 
 EVERY = 10
 
 
 def start_workload(workers: WorkerSet, producer: Any) -> None:
+    """The workload worker and the maintenance worker (restart passes, cancel guards)."""
     workers.start_celery("workloads", "-Q", ",".join(WORKLOAD_QUEUES), "-c", "2",
                          "--prefetch-multiplier", "1")
-    wait_for_workers(producer, list(WORKLOAD_QUEUES))
+    workers.start_maintenance()
+    wait_for_workers(producer, [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from deploy.embedded_redis import free_port
 from deploy.launcher import PROJECT_DIR, child_env, procfile_running, wait_for_workers
 from deploy.supervisor import render
 from routing import ChatMessage, keys, send
-from routing.queues import WORKLOAD_QUEUES, shard_queue
+from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES, shard_queue
 from tests.harness import alive, wait_until
 
 
@@ -38,20 +38,21 @@ def _all_gone(procs: list[psutil.Process]) -> bool:
 
 def test_procfile_starts_every_process_and_leaves_no_strays(producer, rclient, tmp_path,
                                                              monkeypatch):
-    """Fails if a Procfile process does not start (a shard or workload queue unconsumed, no
-    reply) or survives the launcher's shutdown (a stray worker)."""
+    """Fails if a Procfile process does not start (a shard, workload or the maintenance queue
+    unconsumed, no reply) or survives the launcher's shutdown (a stray worker)."""
     monkeypatch.setenv("SHARDLINE_HOME", str(tmp_path))
     url = producer.conf.broker_url
     with procfile_running(url, quiet=True, API_PORT=str(free_port()),
                           METRICS_PORT=str(free_port()), SHARD_PROCESSES="2") as proc:
-        wait_for_workers(producer, [shard_queue(s) for s in range(4)] + list(WORKLOAD_QUEUES))
+        wait_for_workers(producer, [shard_queue(s) for s in range(4)]
+                         + [*WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
         send(producer, ChatMessage(5, "hello"))
         wait_until(lambda: rclient.xlen(keys.OUTBOX_FEED) >= 1, 60, what="a reply")
         children = _descendants(proc.pid)
         names = " ".join(_cmdline(c) for c in children)
         assert names.count("-Q shard-hosts") == 2, names  # SHARD_PROCESSES shard hosts
         assert "beat" in names and "-m api" in names, names
-        assert "-m metrics" in names, names
+        assert "-m metrics" in names and "-Q maintenance" in names, names
     wait_until(lambda: _all_gone(children), 30, what="every process to exit")
 
 

@@ -18,7 +18,7 @@ from promises.models import PromiseEdge, PromiseRow, PromiseStatus
 from promises.service import PromiseService, PromiseSpec
 from promises.store import PromiseStore
 from routing import ShardRouter, keys
-from routing.queues import WORKLOAD_QUEUES
+from routing.queues import MAINTENANCE_QUEUE, WORKLOAD_QUEUES
 from services.conversation import ConversationStore
 from tests.harness import WorkerSet, wait_until
 from tests.promise_fixtures import database_url  # noqa: F401  (fixture)
@@ -45,7 +45,8 @@ def start_all(workers: WorkerSet, producer: Any, database_url: str,  # noqa: F81
     workers.start_shard(0)
     workers.start_celery("workloads", "-Q", ",".join(WORKLOAD_QUEUES), "-c", "2",
                          "--prefetch-multiplier", "1")
-    wait_for_workers(producer, ["shard.0", *WORKLOAD_QUEUES])
+    workers.start_maintenance()
+    wait_for_workers(producer, ["shard.0", *WORKLOAD_QUEUES, MAINTENANCE_QUEUE])
 
 
 def _started(rclient: Any) -> list[str]:

@@ -8,92 +8,12 @@ the reply on. The producer sees a dropped connection after Redis has enqueued th
 
 from __future__ import annotations
 
-import socket
-import threading
-
 from deploy.launcher import wait_for_workers
 from routing import ChatMessage, keys, queue_for, send
 from tests.harness import producer_for, wait_until
+from tests.redis_proxy import ReplyDropper
 
 USER = "retry-user"
-
-
-class ReplyDropper:
-    """A TCP proxy to Redis; once armed, the next EVALSHA is forwarded and its reply is
-    dropped: the client's connection is closed as the reply arrives."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.armed = threading.Event()
-        #: Replies dropped so far.
-        self.dropped = 0
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            doomed = threading.Event()  # this connection's publish reply is to be dropped
-            for pump, src, dst in ((self._requests, client, server),
-                                   (self._replies, server, client)):
-                thread = threading.Thread(target=pump, args=(src, dst, doomed), daemon=True)
-                self._threads.append(thread)
-                thread.start()
-
-    def _requests(self, client: socket.socket, server: socket.socket,
-                  doomed: threading.Event) -> None:
-        try:
-            while data := client.recv(65536):
-                if self.armed.is_set() and b"EVALSHA" in data:
-                    self.armed.clear()
-                    doomed.set()
-                server.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shut(client, server)
-
-    def _replies(self, server: socket.socket, client: socket.socket,
-                 doomed: threading.Event) -> None:
-        try:
-            while data := server.recv(65536):
-                if doomed.is_set():  # Redis ran the script: it answers only after running it
-                    self.dropped += 1
-                    return
-                client.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shut(client, server)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        _shut(*self._sockets)
-        for s in self._sockets:
-            s.close()
-        for thread in self._threads:
-            thread.join(5)
-
-
-def _shut(*sockets: socket.socket) -> None:
-    for s in sockets:
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 def _outbox_texts(rclient, user: str) -> list[str]:  # type: ignore[no-untyped-def]

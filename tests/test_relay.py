@@ -24,6 +24,7 @@ from deploy.launcher import PROJECT_DIR, child_env
 from routing import ChatMessage, dispatch_batch, keys
 from services.conversation import ConversationStore
 from services.relay import TelegramRelay
+from services.relay_pacing import ChatPacer
 from tests.fake_http import FakeJSONServer, Request
 from tests.harness import wait_until
 
@@ -32,13 +33,18 @@ TOKEN = "123456:TEST-relay-token"
 
 class FakeTelegram:
     """Bot API ``sendMessage`` on a local FakeJSONServer; ``fail(request, n)`` may return an
-    error status for a request (n counts earlier requests), else it is accepted."""
+    error status for a request (n counts earlier requests), else it is accepted. With
+    ``retry_after``, a 429 answer carries ``parameters.retry_after`` as Telegram's does."""
 
-    def __init__(self, fail: Callable[[Request, int], int | None] = lambda r, n: None) -> None:
+    def __init__(self, fail: Callable[[Request, int], int | None] = lambda r, n: None, *,
+                 retry_after: int | None = None) -> None:
         self.fail = fail
+        self.retry_after = retry_after
         self.lock = threading.Lock()
         #: (chat_id, text, accepted) per request, in arrival order.
         self.log: list[tuple[Any, str, bool]] = []
+        #: (received_at, chat_id, text, HTTP status) per request, in arrival order.
+        self.timeline: list[tuple[float, Any, str, int]] = []
         self.server = FakeJSONServer(self.respond)
 
     def respond(self, request: Request, earlier: int) -> tuple[int, Any]:
@@ -48,6 +54,11 @@ class FakeTelegram:
         status = self.fail(request, earlier)
         with self.lock:
             self.log.append((chat_id, text, status is None))
+            self.timeline.append((request.received_at, chat_id, text, status or 200))
+        if status == 429 and self.retry_after is not None:
+            return 429, {"ok": False, "error_code": 429,
+                         "description": f"Too Many Requests: retry after {self.retry_after}",
+                         "parameters": {"retry_after": self.retry_after}}
         if status is not None:
             return status, {"ok": False, "error_code": status, "description": "try later"}
         return 200, {"ok": True, "result": {"message_id": earlier + 1, "date": 1700000000,
@@ -188,8 +199,16 @@ def test_a_failing_user_does_not_hold_up_the_others(rclient) -> None:  # type: i
     with FakeTelegram(fail) as tg:
         relay = TelegramRelay(rclient, TOKEN, tg.server.url)
         try:
-            assert _rounds_until(relay, 8) == 8
-            assert relay.failed >= 1
+            # Rounds until the others' 8 are in, counting the failures the relay saw (alice's
+            # chat is tried at most once a second, so not every round has one).
+            delivered = failures = 0
+            for _ in range(1000):
+                delivered += relay.run_once(0)
+                failures += relay.failed
+                if delivered >= 8:
+                    break
+            assert delivered == 8
+            assert failures >= 1
             assert 1001 not in tg.delivered()
             assert rclient.xpending(keys.OUTBOX_FEED, keys.RELAY_GROUP)["pending"] == 4
             down.clear()
@@ -215,7 +234,8 @@ def test_restart_after_send_before_ack_does_not_resend(rclient) -> None:  # type
         assert rclient.xpending(keys.OUTBOX_FEED, keys.RELAY_GROUP)["pending"] == 3
         restarted = TelegramRelay(rclient, TOKEN, tg.server.url)
         try:
-            assert restarted.run_once(0) == 2
+            # Two rounds: the chat gets one message per second (services.relay_pacing).
+            assert _rounds_until(restarted, 2) == 2
         finally:
             restarted.close()
     assert tg.delivered() == {1001: ["alice #1", "alice #2"]}
@@ -306,4 +326,78 @@ def test_relay_command_delivers_and_stops_on_sigterm(redis_url, rclient) -> None
     assert proc.returncode == 0, out.decode()
     assert tg.delivered() == {EXPECTED_CHAT[u]: t for u, t in texts.items()}
     assert TOKEN not in out.decode()
+    _assert_done(rclient)
+
+
+# ---- Telegram's limits ------------------------------------------------------------------------
+
+
+def _relay_until(relay: TelegramRelay, tg: FakeTelegram, total: int) -> None:
+    """run_forever in a thread until the server accepted ``total`` messages."""
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run_forever, args=(stop,), kwargs={"block_ms": 200})
+    thread.start()
+    try:
+        wait_until(lambda: sum(len(v) for v in tg.delivered().values()) >= total, 120,
+                   what=f"{total} messages delivered")
+    finally:
+        stop.set()
+        thread.join(30)
+        relay.close()
+    assert not thread.is_alive()
+
+
+def test_a_429_is_resent_after_retry_after_in_order(rclient) -> None:  # type: ignore[no-untyped-def]
+    """The server answers 429 with retry_after=3 to the first try of two messages. Breaks if
+    the relay resends before retry_after has passed (measured between the server's own
+    receipt times), sends the chat anything else first (reordered), drops or repeats a
+    message, or gives a chat more than one request per second."""
+    texts = _commit_interleaved(rclient, 4)
+    throttled = {"alice #1", "bob #2"}
+    tried: set[str] = set()
+
+    def fail(request: Request, n: int) -> int | None:
+        text = request.body["text"]
+        if text in throttled and text not in tried:
+            tried.add(text)
+            return 429
+        return None
+
+    with FakeTelegram(fail, retry_after=3) as tg:
+        _relay_until(TelegramRelay(rclient, TOKEN, tg.server.url), tg, 12)
+    assert tg.delivered() == {EXPECTED_CHAT[u]: t for u, t in texts.items()}
+    assert len(tg.log) == 12 + len(throttled)
+    by_chat: dict[Any, list[tuple[float, str, int]]] = {}
+    for at, chat, text, status in tg.timeline:
+        by_chat.setdefault(chat, []).append((at, text, status))
+    for chat, requests in by_chat.items():
+        for (at, text, status), (next_at, next_text, _) in zip(requests, requests[1:],
+                                                              strict=False):
+            assert next_at - at >= 1.0, (chat, text, next_text, next_at - at)
+            if status == 429:
+                assert next_text == text, (chat, text, next_text)
+                assert next_at - at >= 3.0, (chat, text, next_at - at)
+    assert sum(1 for *_, status in tg.timeline if status == 429) == len(throttled)
+    _assert_done(rclient)
+
+
+def test_the_relay_keeps_to_the_overall_limit(rclient) -> None:  # type: ignore[no-untyped-def]
+    """24 chats, one message each, through a pacer whose overall limit is 6 per second (the
+    relay's default is Telegram's 30; on this machine one relay thread alone stays near that,
+    so a lower limit is what shows the pacer at work). Breaks if more requests than the limit
+    reach the server within one second: any 7 consecutive receipt times must span at least
+    a second."""
+    store = _store(rclient)
+    for chat in range(24):
+        _commit(store, f"u{chat}", f"u{chat} #0", 5000 + chat)
+    limit = 6
+    with FakeTelegram() as tg:
+        relay = TelegramRelay(rclient, TOKEN, tg.server.url,
+                              pacer=ChatPacer(overall_per_second=limit))
+        _relay_until(relay, tg, 24)
+    received = sorted(at for at, *_ in tg.timeline)
+    assert len(received) == 24
+    spans = [b - a for a, b in zip(received, received[limit:], strict=False)]
+    assert min(spans) >= 1.0, min(spans)
+    assert tg.delivered() == {5000 + chat: [f"u{chat} #0"] for chat in range(24)}
     _assert_done(rclient)

@@ -138,7 +138,7 @@ def test_status_watch_redraws_until_interrupted(redis_url, rclient, tmp_path: Pa
     build_state(redis_url, rclient)
     out = tmp_path / "watch.out"
     with open(out, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "status", "--watch", "0.2"],
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "status", "--watch", "0.5"],
                                 env=cli_env(redis_url, TTY_COMPATIBLE="1"), cwd=PROJECT_DIR,
                                 stdout=sink, stderr=subprocess.STDOUT)
 
