@@ -156,6 +156,8 @@ class ShardHost:
 
     def _consume(self, slot: HostedShard) -> None:
         ops = self.queues[slot.shard]
+        #: A take failed without its reply: Redis may have run it (see _put_back_untracked).
+        take_unsure = False
         while not self.stopping.is_set() and not slot.closed:
             with slot.cond:
                 if slot.room() <= 0:
@@ -164,6 +166,9 @@ class ShardHost:
                 room, busy, generation = slot.room(), slot.busy_users(), slot.generation
                 assert slot.lease is not None
                 token = slot.lease.token
+            if take_unsure:
+                take_unsure = not self._put_back_untracked(slot, ops, token, generation)
+                continue
             permits = self.workers.acquire(room, self.stopping)
             if not permits:
                 continue
@@ -176,6 +181,7 @@ class ShardHost:
             except redis.RedisError as exc:
                 self.workers.release(permits)
                 log.warning("shard %s: take failed (%s); retrying", slot.shard, exc)
+                take_unsure = True
                 self.stopping.wait(0.5)
                 continue
             self.workers.release(permits - len(taken.items))
@@ -194,6 +200,29 @@ class ShardHost:
             else:  # every message in the window waits behind a running one of its user
                 with slot.cond:
                     slot.cond.wait(WAIT_S)
+
+    def _put_back_untracked(self, slot: HostedShard, ops: ShardQueue, token: str,
+                            generation: int) -> bool:
+        """After a take whose reply was lost (the connection broke; Redis may have run it and
+        moved messages nobody here runs), put back at the head every in-flight message of the
+        shard that no run of this host holds. Without it they would wait in flight for the
+        next takeover, and the users' later messages would run first. True when done."""
+        with slot.cond:
+            tracked = set(slot.running)
+        try:
+            moved = ops.put_back_untracked(token, tracked)
+        except LeaseNotOwned:
+            self._lost(slot, generation, "putting back a lost take found its lease held by "
+                                         "another owner")
+            return True  # the next owner restores the in-flight list
+        except redis.RedisError as exc:
+            log.warning("shard %s: cannot check the in-flight list yet (%s)", slot.shard, exc)
+            self.stopping.wait(0.5)
+            return False
+        if moved:
+            log.warning("shard %s: put %d message(s) of a take whose reply was lost back at "
+                        "the head", slot.shard, moved)
+        return True
 
     def _run(self, slot: HostedShard, ops: ShardQueue, run: Run, payload: dict[str, Any] | None,
              token: str) -> None:
