@@ -1,4 +1,5 @@
-"""``bench/scale.png``: the scale curve from the results (matplotlib, no display needed)."""
+"""``bench/scale.png``: the scale curve of solo shard workers and, beside it, msgs/s of one
+shard host against the shards it hosts (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_scale(data: dict[str, Any], path: Path) -> None:
-    """Throughput (median, with the rounds' range) and CPU cores busy per worker count."""
+    """Left: solo workers' throughput (median, with the rounds' range) and CPU cores busy per
+    worker count. Right: one shard host's burst rate per shards hosted, against the ideal."""
+    fig, (ax, hosted) = plt.subplots(1, 2, figsize=(13, 4.2), dpi=110)
+    _solo_panel(ax, data)
+    _hosted_panel(hosted, data["llm_latency"]["hosted_shards_curve"])
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _hosted_panel(ax: Any, curve: dict[str, Any]) -> None:
+    points = curve["points"]
+    shards = [p["shards"] for p in points]
+    ax.plot(shards, [p["msgs_per_s"] for p in points], marker="o", color="tab:blue",
+            label="measured (burst)")
+    ax.plot(shards, [p["ideal_msgs_per_s"] for p in points], linestyle="--", color="tab:gray",
+            label="ideal: shards / latency")
+    ax.plot(shards, [p["busiest_shard_msgs_per_s"] for p in points], linestyle=":",
+            color="tab:green", label="the burst's busiest shard allows (K = 1)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shards, [str(n) for n in shards])
+    ax.set_xlabel("shards hosted by one process (K = 1, a worker thread per shard)")
+    ax.set_ylabel("msgs/s")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"one shard host, L = {curve['latency_ms']} ms, {curve['users']} users",
+                 fontsize=10)
+
+
+def _solo_panel(ax: Any, data: dict[str, Any]) -> None:
     curve = data["scale"]
     points = curve["points"]
     workers = [p["workers"] for p in points]
@@ -22,7 +53,6 @@ def plot_scale(data: dict[str, Any], path: Path) -> None:
     high = [max(p["rounds_tasks_per_s"]) - p["tasks_per_s"] for p in points]
     nproc = data["machine"]["nproc"]
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     ax.errorbar(workers, rate, yerr=[low, high], marker="o", capsize=4, color="tab:blue",
                 label="solo shard workers (median, range of rounds)")
     naive = data["ordered_throughput"]["naive_prefork_c4"]["tasks_per_s"]
@@ -50,6 +80,3 @@ def plot_scale(data: dict[str, Any], path: Path) -> None:
     ax.legend(lines + more, labels + more_labels, loc="lower right", fontsize=8)
     ax.set_title(f"{curve['tasks_per_round']} ordered tasks drained; flat after "
                  f"{curve['flattens_after_workers']} workers", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)

@@ -122,27 +122,33 @@ def head_of_line(hol: HolResult, slow_ms: int, shard_count: int) -> dict[str, An
 
 
 def results(machine: dict[str, Any], shards: Sequence[DrainResult],
-            naive: Sequence[DrainResult], publish: PublishResult,
-            params: dict[str, Any]) -> dict[str, Any]:
+            naive: Sequence[DrainResult], hosts: Sequence[DrainResult],
+            publish: PublishResult, params: dict[str, Any]) -> dict[str, Any]:
     ordered_ratio = _ratio(shards, naive)
+    solo_cpu = statistics.median(r.cpu_ms_per_task for r in shards)
+    hosts_cpu = statistics.median(r.cpu_ms_per_task for r in hosts)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "params": params,
         "ordered_throughput": {"shards_4_solo": _drain(shards),
-                               "naive_prefork_c4": _drain(naive)},
+                               "naive_prefork_c4": _drain(naive),
+                               "shard_hosts_4": _drain(hosts)},
         "publish": {"messages_per_round": publish.messages, "batch_size": publish.batch_size,
                     "plain_msgs_per_s": round(publish.plain_rate, 1),
                     "batched_msgs_per_s": round(publish.batched_rate, 1),
                     "plain_s": [round(s, 3) for s in publish.plain_seconds],
                     "batched_s": [round(s, 3) for s in publish.batched_seconds]},
         "ratios": {"shards_over_naive": round(ordered_ratio, 2),
-                   "batched_over_plain": round(publish.ratio, 2)},
+                   "batched_over_plain": round(publish.ratio, 2),
+                   "hosts_cpu_over_solo_cpu": round(hosts_cpu / solo_cpu, 2)},
         "ratio_method": "median over rounds of the ratio within each round (the two sides "
                         "of a ratio alternate, so other load on the machine hits both)",
-        "targets": {"shards_over_naive": ORDERED_TARGET, "batched_over_plain": PUBLISH_TARGET},
-        "met": {"shards_over_naive": ordered_ratio >= ORDERED_TARGET,
-                "batched_over_plain": publish.ratio >= PUBLISH_TARGET},
+        #: Reference rows now: the bench does not fail on them (see the README).
+        "retired_targets": {"shards_over_naive": ORDERED_TARGET,
+                            "batched_over_plain": PUBLISH_TARGET},
+        "targets": {"hosts_cpu_ms_per_task": "<= 4 solo shard workers' (median of rounds)"},
+        "met": {"hosts_cpu_ms_per_task": hosts_cpu <= solo_cpu},
     }
 
 
@@ -165,8 +171,10 @@ def print_table(data: dict[str, Any], console: Console) -> None:
     shards = data["ordered_throughput"]["shards_4_solo"]
     naive = data["ordered_throughput"]["naive_prefork_c4"]
     pub = data["publish"]
+    hosts = data["ordered_throughput"]["shard_hosts_4"]
     for label, side in (("(1) 4 solo shard workers", shards),
-                        ("(2) 1 prefork worker -c 4, one queue", naive)):
+                        ("(2) 1 prefork worker -c 4, one queue", naive),
+                        ("(H) 2 shard hosts, 4 shards, K = 1", hosts)):
         violations = sum(r["order_violations"] for r in side["rounds"])
         table.add_row(label, f"{side['tasks_per_s']:.0f} tasks/s",
                       f"{side['tasks_per_round']} tasks/round; rounds "
@@ -188,9 +196,12 @@ def print_table(data: dict[str, Any], console: Console) -> None:
                   f"batches of {pub['batch_size']}")
     for key, label in (("shards_over_naive", "ratio (1)/(2)"),
                        ("batched_over_plain", "ratio (3b)/(3a)")):
-        verdict = "[green]met[/green]" if data["met"][key] else "[red]NOT met[/red]"
         table.add_row(label, f"{data['ratios'][key]:.2f}x",
-                      f"target >= {data['targets'][key]}: {verdict}")
+                      f"reference (target >= {data['retired_targets'][key]} retired)")
+    verdict = ("[green]met[/green]" if data["met"]["hosts_cpu_ms_per_task"]
+               else "[red]NOT met[/red]")
+    table.add_row("CPU per task (H)/(1)", f"{data['ratios']['hosts_cpu_over_solo_cpu']:.2f}x",
+                  f"target <= 1: {verdict}")
     console.print(table)
     load = data["machine"].get("loadavg_before")
     if load is not None:

@@ -9,6 +9,11 @@ from redis.retry import Retry
 from routing.credentials import auth_message, auth_problem
 from routing.errors import RedisAuthFailed
 
+#: Connections one client may open. A shard host's worker threads share one client and each
+#: may hold a connection at once (SHARD_HOST_THREADS of them): redis-py 8's default pool of 100
+#: refused the 101st with "Too many connections". Redis' own default ``maxclients``.
+MAX_CONNECTIONS = 10_000
+
 
 def connect(url: str) -> redis.Redis:
     """A client with bounded timeouts that retries a dropped connection a few times."""
@@ -21,6 +26,7 @@ def connect(url: str) -> redis.Redis:
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        max_connections=MAX_CONNECTIONS,
     )
 
 

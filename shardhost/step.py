@@ -21,6 +21,9 @@ from shardhost.follower import ShardMapFollower
 from shardhost.host import WAIT_S, ShardHost
 from shardhost.solo_lease import adopt_shard_map
 
+#: Connections of the takes' client: one per hosted shard (its consumer thread) and more.
+QUEUE_CONNECTIONS = 2**16
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +46,10 @@ class ShardHostStep(bootsteps.StartStopStep):
         # waits and acks block for up to WAIT_S. Both keep raw bytes: an item need not be UTF-8.
         timeout = max(min(ttl / 10, 2.0), 0.2)
         leases = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        queues = redis.Redis.from_url(url, socket_timeout=WAIT_S + 5, socket_connect_timeout=5)
+        # Each hosted shard's consumer thread holds a connection in its blocking peek: redis-py
+        # 8's default pool (100 connections) refuses the 101st shard's take.
+        queues = redis.Redis.from_url(url, socket_timeout=WAIT_S + 5, socket_connect_timeout=5,
+                                      max_connections=QUEUE_CONNECTIONS)
         adopt_shard_map(leases, settings.shard_count, f"shard host {parent.hostname}")
         whole = settings.shard_range == tuple(range(settings.shard_count))
         follower = ShardMapFollower(

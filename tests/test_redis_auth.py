@@ -94,7 +94,7 @@ def test_status_of_an_unreachable_redis_hides_the_password(tmp_path: Path):
     """Fails if ``shardline status`` prints the URL with its password when Redis is down."""
     done = _cli(f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0", tmp_path, "status")
     said = done.stdout + done.stderr
-    assert done.returncode == 1 and "cannot read Redis at redis://:****@" in said, said
+    assert done.returncode == 1 and "cannot reach Redis at redis://:****@" in said, said
     assert PASSWORD not in said
 
 
