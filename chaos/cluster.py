@@ -1,8 +1,11 @@
 """The chaos suite's deployment: one private Redis (or, ``--failover``, a master, a replica and
-three sentinels) and one solo worker per shard, supervised.
+three sentinels) and its shard consumers, supervised.
 
-Plays the supervisor (deploy/shards.py): a worker that exits is started again; a worker the
-suite kills with SIGKILL is replaced at once. Every process started here is stopped here.
+The consumers are those of a shard runtime: ``hosts`` shard hosts (``shardhost.host``; host
+``i`` of ``n`` takes the shards ``s % n == i``, each running up to ``concurrency`` messages of
+a shard at once), or one solo worker per shard (``solo``). Plays the supervisor
+(``shardhost.launcher``): a consumer process that exits is started again; one the suite kills
+with SIGKILL is replaced at once. Every process started here is stopped here.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from pathlib import Path
 from deploy.embedded_redis import EmbeddedRedis
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups
 from deploy.sentinel_group import SentinelGroup
-from shardhost.launcher import shard_worker_argv
+from shardhost.launcher import host_worker_argv, shard_worker_argv
+
+#: The shard runtimes a chaos cluster can run (``SHARD_RUNTIME``).
+RUNTIMES = ("hosts", "solo")
 
 
 @dataclass
 class Replacement:
-    """A worker started in place of one the suite killed."""
+    """A consumer process started in place of one the suite killed."""
 
-    shard: int
+    unit: int  # the shard of a solo worker, the slot of a host
     pid: int
     started_at: float  # time.time(), comparable with outbox ``delivered_at``
 
@@ -44,9 +50,17 @@ class ClusterLog:
 
 class ChaosCluster:
     def __init__(self, work_dir: Path, shards: int, env: dict[str, str], *,
+                 runtime: str = "hosts", hosts: int = 2, concurrency: int = 1,
                  sentinel: bool = False) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.work_dir = work_dir
         self.shards = shards
+        self.runtime = runtime
+        self.hosts = hosts
+        self.concurrency = concurrency
+        #: Consumer processes: one per shard (solo) or per host slot.
+        self.units = shards if runtime == "solo" else hosts
         #: One Redis, or (``sentinel``) a master, a replica and three sentinels.
         self.redis: EmbeddedRedis | SentinelGroup = (
             SentinelGroup(work_dir / "redis", appendfsync="always") if sentinel
@@ -65,40 +79,46 @@ class ChaosCluster:
 
     def start(self) -> None:
         self.redis.start()
-        for shard in range(self.shards):
-            self._start_worker(shard)
+        for unit in range(self.units):
+            self._start_worker(unit)
         self._supervisor.start()
 
-    def _start_worker(self, shard: int) -> subprocess.Popen[bytes]:
+    def _start_worker(self, unit: int) -> subprocess.Popen[bytes]:
         env = child_env(self.redis.url, SHARD_COUNT=str(self.shards),
                         SHARDLINE_HOME=str(self.work_dir / "home"), **self.extra_env)
-        with open(self.work_dir / f"shard-{shard}.log", "ab") as log:
-            proc = subprocess.Popen(shard_worker_argv(shard, "INFO"), env=env, cwd=PROJECT_DIR,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.procs[shard] = proc
+        if self.runtime == "solo":
+            argv, name = shard_worker_argv(unit, "INFO"), f"shard-{unit}"
+        else:
+            argv, name = host_worker_argv(unit, "INFO"), f"host-{unit}"
+            env.update(SHARD_HOST_SLOT=str(unit), SHARD_PROCESSES=str(self.hosts),
+                       SHARD_CONCURRENCY=str(self.concurrency))
+        with open(self.work_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, env=env, cwd=PROJECT_DIR, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[unit] = proc
         return proc
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.2):
             with self._lock:
-                for shard, proc in list(self.procs.items()):
+                for unit, proc in list(self.procs.items()):
                     if proc.poll() is not None and not self._stopping.is_set():
                         self.log.unplanned_exits += 1
-                        self._start_worker(shard)
+                        self._start_worker(unit)
 
     def kill_random_worker(self, rng: random.Random) -> int:
-        """kill -9 one shard worker and start its replacement, as a supervisor would."""
-        shard = rng.randrange(self.shards)
+        """kill -9 one consumer process (a solo worker or a host) and start its replacement,
+        as a supervisor would. Returns its shard (solo) or host slot."""
+        unit = rng.randrange(self.units)
         with self._lock:
-            proc = self.procs[shard]
+            proc = self.procs[unit]
             _killpg(proc, signal.SIGKILL)
             proc.wait()
             started_at = time.time()
-            new = self._start_worker(shard)
+            new = self._start_worker(unit)
             self.log.kills += 1
-            self.log.replacements.append(Replacement(shard, new.pid, started_at))
-        return shard
+            self.log.replacements.append(Replacement(unit, new.pid, started_at))
+        return unit
 
     def failover(self) -> None:
         """``SENTINEL FAILOVER``: the replica becomes the master (``sentinel`` clusters)."""

@@ -1,6 +1,8 @@
 """Run the chaos suite and print one line of figures; non-zero exit on any lost/dup/violation.
 
-``python -m chaos.run [--kills 24 --redis-restarts 2 --failure-rate 0.1 ...]``
+``python -m chaos.run [--runtime hosts|solo --concurrency 4 --kills 24 --redis-restarts 2
+--failure-rate 0.1 ...]``: against shard hosts (``--hosts`` of them, ``--concurrency``
+messages of a shard at once) by default, or one solo worker per shard.
 
 ``--failover``: Redis is a master, a replica and three sentinels (``REDIS_URL=sentinel://...``),
 with ``REDIS_WAIT_REPLICAS=1`` on the workers and the producers; instead of Redis crashes the
@@ -23,7 +25,7 @@ from typing import Any
 import redis
 
 import celeryconfig
-from chaos.cluster import ChaosCluster, ClusterLog
+from chaos.cluster import RUNTIMES, ChaosCluster, ClusterLog
 from chaos.load import Producers, producer_app
 from cli.chatload import OrderReport, check_order
 from routing import keys
@@ -33,6 +35,11 @@ from services.redis_client import connect
 @dataclass(frozen=True)
 class ChaosParams:
     shards: int = 4
+    #: ``hosts`` (shard hosts) or ``solo`` (one worker per shard): chaos.cluster.RUNTIMES.
+    runtime: str = "hosts"
+    #: Shard hosts, and messages of one shard each runs at once (SHARD_CONCURRENCY).
+    hosts: int = 2
+    concurrency: int = 4
     users: int = 40
     producer_threads: int = 4
     pause_s: float = 0.1
@@ -55,6 +62,7 @@ class ChaosResult:
     cluster: ClusterLog
     longest_recovery_s: float
     unpublished: int
+    runtime: str = ""
 
     @property
     def ok(self) -> bool:
@@ -62,7 +70,8 @@ class ChaosResult:
 
     def line(self) -> str:
         r = self.report
-        return (f"chaos: sent={self.sent} answered={r.answered} lost={r.missing} "
+        return (f"chaos: runtime={self.runtime} sent={self.sent} answered={r.answered} "
+                f"lost={r.missing} "
                 f"duplicated={r.duplicated} violations={r.violations} kills={self.cluster.kills} "
                 f"redis_restarts={self.cluster.redis_restarts} "
                 f"failovers={self.cluster.failovers} "
@@ -91,7 +100,9 @@ FAILOVER_ENV = {"REDIS_WAIT_REPLICAS": "1", "SHARD_LEASE_TTL_S": "30"}
 
 def run_chaos(params: ChaosParams, work_dir: Path) -> ChaosResult:
     rng = random.Random(params.seed)
-    cluster = ChaosCluster(work_dir, params.shards, worker_env(params), sentinel=params.sentinel)
+    cluster = ChaosCluster(work_dir, params.shards, worker_env(params), runtime=params.runtime,
+                           hosts=params.hosts, concurrency=params.concurrency,
+                           sentinel=params.sentinel)
     cluster.start()
     if params.sentinel:  # this process's producers publish as the deployment is configured
         celeryconfig.settings = dataclasses.replace(
@@ -122,8 +133,10 @@ def run_chaos(params: ChaosParams, work_dir: Path) -> ChaosResult:
             recovery = longest_recovery(client, cluster.log, list(expected))
         finally:
             client.close()
+        runtime = params.runtime if params.runtime == "solo" else (
+            f"hosts x{params.hosts} K={params.concurrency}")
         return ChaosResult(sum(expected.values()), report, cluster.log, recovery,
-                           producers.log.unpublished)
+                           producers.log.unpublished, runtime)
     finally:
         producers.stop()
         app.close()
@@ -160,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     defaults = ChaosParams()
     parser = argparse.ArgumentParser(description=__doc__)
     for name, value in vars(defaults).items():
-        if name != "sentinel":  # set by --failover
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        if name == "sentinel":  # set by --failover
+            continue
+        choices = RUNTIMES if name == "runtime" else None
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+                            choices=choices)
     parser.add_argument("--failover", action="store_true",
                         help="a master, a replica and three sentinels; SENTINEL FAILOVERs "
                              "instead of Redis crashes, with REDIS_WAIT_REPLICAS=1")

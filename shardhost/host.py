@@ -113,6 +113,8 @@ class ShardHost:
         self.shards: dict[int, HostedShard] = {}
         self.queues: dict[int, ShardQueue] = {}
         self.stopping = threading.Event()
+        #: Set once a stopping host's runs have ended: the keeper renews the leases until then.
+        self._leases_given_up = threading.Event()
         self._consumers: dict[int, threading.Thread] = {}
         self._keeper = threading.Thread(target=self._keep, name="shard-keeper", daemon=True)
 
@@ -138,6 +140,7 @@ class ShardHost:
             else:
                 log.warning("shard %s: messages still running at stop stay in flight for the "
                             "next owner", slot.shard)
+        self._leases_given_up.set()
         self._keeper.join(WAIT_S * 3)
         self.workers.stop()
 
@@ -153,6 +156,8 @@ class ShardHost:
 
     def _consume(self, slot: HostedShard) -> None:
         ops = self.queues[slot.shard]
+        #: A take failed without its reply: Redis may have run it (see _put_back_untracked).
+        take_unsure = False
         while not self.stopping.is_set() and not slot.closed:
             with slot.cond:
                 if slot.room() <= 0:
@@ -161,6 +166,9 @@ class ShardHost:
                 room, busy, generation = slot.room(), slot.busy_users(), slot.generation
                 assert slot.lease is not None
                 token = slot.lease.token
+            if take_unsure:
+                take_unsure = not self._put_back_untracked(slot, ops, token, generation)
+                continue
             permits = self.workers.acquire(room, self.stopping)
             if not permits:
                 continue
@@ -173,6 +181,7 @@ class ShardHost:
             except redis.RedisError as exc:
                 self.workers.release(permits)
                 log.warning("shard %s: take failed (%s); retrying", slot.shard, exc)
+                take_unsure = True
                 self.stopping.wait(0.5)
                 continue
             self.workers.release(permits - len(taken.items))
@@ -191,6 +200,29 @@ class ShardHost:
             else:  # every message in the window waits behind a running one of its user
                 with slot.cond:
                     slot.cond.wait(WAIT_S)
+
+    def _put_back_untracked(self, slot: HostedShard, ops: ShardQueue, token: str,
+                            generation: int) -> bool:
+        """After a take whose reply was lost (the connection broke; Redis may have run it and
+        moved messages nobody here runs), put back at the head every in-flight message of the
+        shard that no run of this host holds. Without it they would wait in flight for the
+        next takeover, and the users' later messages would run first. True when done."""
+        with slot.cond:
+            tracked = set(slot.running)
+        try:
+            moved = ops.put_back_untracked(token, tracked)
+        except LeaseNotOwned:
+            self._lost(slot, generation, "putting back a lost take found its lease held by "
+                                         "another owner")
+            return True  # the next owner restores the in-flight list
+        except redis.RedisError as exc:
+            log.warning("shard %s: cannot check the in-flight list yet (%s)", slot.shard, exc)
+            self.stopping.wait(0.5)
+            return False
+        if moved:
+            log.warning("shard %s: put %d message(s) of a take whose reply was lost back at "
+                        "the head", slot.shard, moved)
+        return True
 
     def _run(self, slot: HostedShard, ops: ShardQueue, run: Run, payload: dict[str, Any] | None,
              token: str) -> None:
@@ -223,12 +255,16 @@ class ShardHost:
     def _keep(self) -> None:
         renew_every = self.lease_ttl_s / 3
         next_renew = next_map = time.monotonic()
-        while not self.stopping.wait(min(0.25, renew_every)):
+        # A stopping host keeps renewing until its runs have ended (``stop``): a lease that ran
+        # out under a run would let a standby run the message again, and fence this reply.
+        while not self._leases_given_up.wait(min(0.25, renew_every)):
             now = time.monotonic()
             try:
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + renew_every
+                if self.stopping.is_set():
+                    continue
                 if now >= next_map:
                     self._follow_map(now)
                     next_map = now + self.map_refresh_s
@@ -273,12 +309,13 @@ class ShardHost:
         lease = slot.lease
         if lease is None:
             return
+        # Given up here first, so a renewal racing the release reads as no loss of ours.
+        slot.lost(slot.generation)
         try:
             lease.release()
             log.info("released the shard lease of shard %s", slot.shard)
         except redis.RedisError as exc:  # it expires by itself
             log.warning("could not release the lease of shard %s: %s", slot.shard, exc)
-        slot.lost(slot.generation)
 
     def _follow_map(self, now: float) -> None:
         wanted = self.follower.wanted()

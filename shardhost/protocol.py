@@ -69,6 +69,7 @@ class ShardQueue:
         self.lease_key = keys.shard_lease(shard)
         self._take = client.register_script(script_text("take"))
         self._ack = client.register_script(script_text("ack"))
+        self._put_back = client.register_script(script_text("put_back"))
 
     def take(self, token: str, room: int, window: int, busy: list[str] | tuple[str, ...] = ()
              ) -> Taken:
@@ -81,6 +82,19 @@ class ShardQueue:
         """Remove ``raw`` from the in-flight list; False when the lease is no longer ours (the
         message then belongs to the next owner, who restores it and finds it done)."""
         return int(self._ack(keys=[self.inflight, self.lease_key], args=[token, raw])) >= 0
+
+    def put_back_untracked(self, token: str, tracked: set[bytes]) -> int:
+        """Put every in-flight message not in ``tracked`` back at the head, oldest nearest it
+        (see ``put_back.lua``); returns how many. Raises :class:`LeaseNotOwned`."""
+        items = self.redis.execute_command("LRANGE", self.inflight, 0, -1, NEVER_DECODE=True)
+        untracked = [raw for raw in items if raw not in tracked]
+        if not untracked:
+            return 0
+        moved = int(self._put_back(keys=[self.queue, self.inflight, self.lease_key],
+                                   args=[token, *untracked]))
+        if moved < 0:
+            raise LeaseNotOwned("the shard lease is not ours")
+        return moved
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the queue holds a message or ``timeout_s`` passes; moves nothing."""

@@ -9,6 +9,7 @@ anything about a task, it only counts.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery.signals import task_postrun, task_prerun
@@ -17,6 +18,9 @@ from metrics.recorder import TaskRecorder
 from services.registry import services
 
 _recorder: TaskRecorder | None = None
+#: A shard host's threads start their first tasks at once: they must all get one recorder (a
+#: run started on a recorder another thread then replaced would lose its figures).
+_recorder_lock = threading.Lock()
 
 
 def task_metrics() -> TaskRecorder | None:
@@ -26,9 +30,13 @@ def task_metrics() -> TaskRecorder | None:
         client = services().get("redis")
     except RuntimeError:
         return None
-    if _recorder is None or _recorder.redis is not client:  # a new process or registry
-        _recorder = TaskRecorder(client)
-    return _recorder
+    recorder = _recorder
+    if recorder is None or recorder.redis is not client:  # a new process or registry
+        with _recorder_lock:
+            if _recorder is None or _recorder.redis is not client:
+                _recorder = TaskRecorder(client)
+            recorder = _recorder
+    return recorder
 
 
 @task_prerun.connect

@@ -23,6 +23,7 @@ from celery import Celery
 from deploy.launcher import PROJECT_DIR, child_env, stop_groups, wait_for_workers
 from routing.queues import MAINTENANCE_QUEUE, shard_queue
 from shardhost.launcher import host_worker_argv, shard_worker_argv
+from shardhost.solo_lease import EXIT_LEASE_LOST
 
 
 def producer_for(url: str, **conf: Any) -> Celery:
@@ -120,6 +121,34 @@ class WorkerSet:
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    # ---- where the runtimes differ: what a consumer shows when it waits or loses a lease ----
+    def wait_standing_by(self, name: str, shard: int, holder: str = "") -> None:
+        """Wait until consumer ``name`` of ``shard``, started while another owns the shard, is
+        up and waiting for it. A solo worker logs "standby for shard.N: lease held by
+        <holder>" before its event loop; a host logs the shards it hosts once its keeper runs
+        (the keeper then tries the lease every 0.25 s, and takes nothing while it is held)."""
+        if self.runtime == "solo":
+            needle = f"standby for {shard_queue(shard)}: lease held by {holder}"
+        else:
+            needle = f"hosting shards [{shard}]"
+        wait_until(lambda: needle in self.log(name), 60,
+                   what=f"{name} standing by for shard {shard}")
+
+    def wait_lease_lost(self, name: str, shard: int) -> None:
+        """Wait until consumer ``name`` has given ``shard`` up on losing its lease. A solo
+        worker is its shard: it exits with EXIT_LEASE_LOST. A host keeps running (its other
+        shards are unaffected; it stands by for this one) and logs "LEASE LOST: shard N leaves
+        host"."""
+        proc = self.procs[name]
+        if self.runtime == "solo":
+            wait_until(lambda: proc.poll() is not None, 60, what=f"{name} to exit")
+            assert proc.returncode == EXIT_LEASE_LOST, (proc.returncode, self.log(name))
+            assert "LEASE LOST" in self.log(name)
+            return
+        wait_until(lambda: f"LEASE LOST: shard {shard} leaves host" in self.log(name), 60,
+                   what=f"{name} giving shard {shard} up")
+        assert proc.poll() is None, f"a host that lost one shard's lease exited: {self.log(name)}"
 
 
 def alive(process: psutil.Process) -> bool:

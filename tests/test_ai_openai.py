@@ -3,6 +3,10 @@
 The server (tests.fake_http) speaks ``POST /v1/chat/completions`` and answers with the
 chat-completions JSON shape; it records every request, so the tests check what the handler
 sends (model, system prompt, history, bearer token, user) as well as what it returns.
+
+The in-place retry runs against every shard runtime (``tests.harness.RUNTIMES``); the other
+worker test only checks that the handler is loaded from the environment, which the registry
+does the same way in every runtime.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from routing import ChatMessage, queue_for, send, shard_for
 from services.ai.base import HandlerUnavailable, Turn, load_handler
 from services.ai.openai_compat import SYSTEM_PROMPT, OpenAICompatible
 from tests.fake_http import FakeJSONServer, Request
-from tests.harness import wait_until
+from tests.harness import RUNTIMES, wait_until
 
 SHARDS = 4  # the fixtures' default SHARD_COUNT
 HANDLER = "services.ai.openai_compat:OpenAICompatible"
@@ -149,6 +153,7 @@ def test_shard_worker_answers_through_the_server(producer, workers, rclient) -> 
     ]
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_shard_worker_retries_a_503_in_place(producer, workers, rclient) -> None:  # type: ignore[no-untyped-def]
     """Breaks if HandlerUnavailable is not retried in place (the message would be parked or
     lost) or if a retry delivers the reply twice."""

@@ -1,4 +1,7 @@
-"""The AI circuit breaker: shared state in Redis, one half-open probe, waiting not burning."""
+"""The AI circuit breaker: shared state in Redis, one half-open probe, waiting not burning.
+
+The worker's wait runs against every shard runtime (``tests.harness.RUNTIMES``): a host's
+thread waits with the message in flight, as a solo worker does."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from routing.queues import shard_of_queue
 from services.breaker import BreakerState, CircuitBreaker
 from services.redis_client import connect
 from tests.handlers import CALLS, FAIL_ALL
-from tests.harness import wait_until
+from tests.harness import RUNTIMES, wait_until
 
 
 class Boom(Exception):
@@ -59,6 +62,7 @@ def test_breaker_opens_then_lets_exactly_one_probe_through(redis_url):
     assert len(calls) == 6  # the rest went through once the probe closed the breaker
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_open_breaker_makes_the_worker_wait_without_burning_attempts(producer, workers,
                                                                      rclient):
     """Breaks if a shard worker keeps calling (and so uses up ORDERED_MAX_ATTEMPTS and parks

@@ -3,6 +3,11 @@
 The restarted (or standby) worker puts the shard's stranded message back at the head of the
 queue before it consumes, so it runs before the user's later messages, seconds after the
 replacement starts instead of after the visibility timeout.
+
+The tests with a consumer run against every shard runtime (``tests.harness.RUNTIMES``); the
+restore itself (``shardhost.stranded``) is one function every runtime calls before it consumes,
+tested here without a consumer. A host with K messages in flight at a kill -9 is
+``tests/test_shard_hosts.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import time
 
 import psutil
+import pytest
 import redis
 
 from cli.chatload import check_order, delivered_count
@@ -20,7 +26,7 @@ from deploy.launcher import wait_for_workers
 from routing import ChatMessage, keys, send, shard_for
 from shardhost.lease import ShardLease
 from shardhost.stranded import LeaseNotHeld, restore_stranded
-from tests.harness import wait_until
+from tests.harness import RUNTIMES, wait_until
 
 MESSAGES = 8
 
@@ -47,6 +53,7 @@ def _freeze(pid: int) -> None:
                interval_s=0.01, what=f"worker {pid} stopped")
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_kill_9_mid_task_recovers_in_order(producer, workers, rclient):
     """Breaks if the replacement does not restore the stranded message before consuming (it
     would wait for the 7200 s visibility timeout: the hang guard fails, or the user's later
@@ -97,6 +104,7 @@ def test_kill_9_mid_task_recovers_in_order(producer, workers, rclient):
     assert "restored stranded message" in workers.log("shard-0")
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_message_taken_but_never_recorded_is_restored(producer, workers, rclient):
     """The loss window of kombu's BRPOP: the worker took the message and died before it wrote
     the ``unacked`` record. Here the take is done by hand with the worker's own command
@@ -189,6 +197,7 @@ def test_restore_in_flight_list_oldest_first_and_once(rclient, redis_url):
 
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_take_during_warm_shutdown_goes_back_to_the_head(producer, workers, rclient):
     """A SIGTERM (supervisor restart, ``supervisorctl update``) can land while the worker's
     take is pending: the take then returns a message after the consumer was cancelled. Breaks

@@ -1,17 +1,21 @@
 """Parked messages and the user's later ones: ORDERED_ON_FAILURE=hold and skip, replay and
-discard through the real `shardline dlq` command, against a live shard worker."""
+discard through the real `shardline dlq` command, against a live shard worker of every shard
+runtime (``tests.harness.RUNTIMES``: with K=4 the other user of alice's shard runs beside her
+held messages, never a message of hers beside another)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
 from cli.chatload import check_order
 from deploy.launcher import wait_for_workers
 from routing import ChatMessage, keys, queue_for, send
 from routing.queues import shard_of_queue
 from tests.handlers import FAIL_TEXTS
-from tests.harness import wait_until
+from tests.harness import RUNTIMES, wait_until
 
 USER = "alice"
 #: A second user on alice's shard: must keep going while alice is held.
@@ -57,6 +61,7 @@ def _only_letter(rclient) -> str:  # type: ignore[no-untyped-def]
     return str(ids[0])
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_hold_then_replay_releases_in_order(producer, workers, rclient):
     """Breaks if hold mode lets a held user's later messages run before the parked one
     (e.g. the admit check is skipped), if it holds other users of the same shard, if replay
@@ -87,6 +92,7 @@ def test_hold_then_replay_releases_in_order(producer, workers, rclient):
     assert rclient.zcard(keys.DEAD_LETTER_INDEX) == 0
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_hold_then_discard_runs_the_held_ones(producer, workers, rclient):
     """Breaks if discarding the parked message leaves the user held (no release sent or
     the release task is held itself), or if the discarded message is run anyway."""
@@ -103,6 +109,7 @@ def test_hold_then_discard_runs_the_held_ones(producer, workers, rclient):
     _wait_hold_gone(rclient, USER)
 
 
+@pytest.mark.parametrize("workers", RUNTIMES, indirect=True)
 def test_skip_mode_goes_on(producer, workers, rclient):
     """Breaks if the default (skip) mode holds anything: the user's later messages must run
     right after the failed one is parked."""

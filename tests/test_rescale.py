@@ -3,6 +3,14 @@
 Real parts only: a private Redis, the real shard runner (``python -m shardhost.launcher``, the
 Procfile's ``shards`` process) or explicit shard workers, and the real ``shardline rescale``
 command. Each test's docstring says which breaking change makes it fail.
+
+The rescale under load runs against every shard runtime the runner starts
+(``tests.harness.RUNTIMES``: ``SHARD_RUNTIME=solo``, and shard hosts with K=1 and K=4).
+The barrier test starts one consumer per shard by hand, in the default (solo) runtime: the
+barrier is passed by the ordered task on whichever runtime runs it, and the runner test covers
+hosts passing it under load. The supervisor test renders the solo shape (``shardline
+supervisor-config --runtime solo``) and checks that a rescale keeps it; the host shape under
+supervisord is tests/test_hosts.py's.
 """
 
 from __future__ import annotations
@@ -28,10 +36,10 @@ from routing import ChatMessage, dispatch_batch, keys, send, shard_for
 from routing.dispatch import publish_task
 from routing.envelope import EPOCH_HEADER, SEQ_HEADER
 from routing.publish import Outgoing, PublishScript, StaleEpoch
-from routing.queues import RELEASE_HELD, SHARD_QUEUE_PREFIX, shard_queue
+from routing.queues import RELEASE_HELD, SHARD_HOST_QUEUE, SHARD_QUEUE_PREFIX, shard_queue
 from routing.shardmap import ShardMap, barrier_states, read_shard_map, switch_epoch
 from tests.handlers import GATE_PREFIX
-from tests.harness import alive, producer_for, wait_until
+from tests.harness import RUNTIMES, alive, producer_for, runtime_concurrency, wait_until
 
 
 def _rescale(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -264,6 +272,55 @@ def _shard_workers(parent: subprocess.Popen[bytes]) -> dict[int, list[int]]:
     return dict(found)
 
 
+#: Shard hosts the runner starts in the host runtimes (fixed: not the machine's core count).
+HOSTS = 2
+
+
+def _runner_env(runtime: str) -> dict[str, str]:
+    """The runner's settings for ``runtime`` (one of :data:`RUNTIMES`)."""
+    concurrency = runtime_concurrency(runtime)
+    if concurrency is None:
+        return {"SHARD_RUNTIME": "solo"}
+    return {"SHARD_RUNTIME": "hosts", "SHARD_PROCESSES": str(HOSTS),
+            "SHARD_CONCURRENCY": str(concurrency)}
+
+
+def _consumers(runtime: str, runner: subprocess.Popen[bytes], client: redis.Redis,
+               shards: int) -> dict[int, list[int]]:
+    """Shard -> pids of the live processes under the runner that consume it: a solo worker
+    by its ``-Q shard.N``; a shard host by the lease it holds (it takes its shards itself)."""
+    if runtime == "solo":
+        return _shard_workers(runner)
+    hosts = {child.pid for child in psutil.Process(runner.pid).children(recursive=True)
+             if (process := _process(child.pid)) and alive(process)
+             and f"-Q {SHARD_HOST_QUEUE} " in " ".join(_cmdline(process))}
+    found: dict[int, list[int]] = defaultdict(list)
+    for shard in range(shards):
+        holder = client.hget(keys.shard_lease(shard), "holder")
+        if holder and int(str(holder).rpartition(":")[2]) in hosts:
+            found[shard].append(int(str(holder).rpartition(":")[2]))
+    return dict(found)
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _started_line(runtime: str, shard: int) -> str:
+    """What the runner's log says once a rescale's new shard is consumed."""
+    return (f"starting a worker for shard {shard}" if runtime == "solo"
+            else f"shard {shard}: lease held")
+
+
+def _retired_line(runtime: str, shard: int) -> str:
+    """What the runner's log says once a shard a rescale removed has drained and is let go."""
+    return (f"shard {shard} worker exited 0 after the shard was removed" if runtime == "solo"
+            else f"shard {shard} was removed by a rescale and has drained: host")
+
+
 def _gate_shards(app: Any, shards: range, count: int, gate: str) -> dict[str, int]:
     """One ``gate:`` message on each of ``shards`` (of ``count``), to users of their own: each
     shard stays busy until the test sets the key ``gate``. Returns the users as
@@ -288,7 +345,8 @@ def _process(pid: int) -> psutil.Process | None:
         return None  # it exited after it was listed
 
 
-def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_rescale_4_to_6_to_3_under_load(runtime: str, redis_url, rclient, tmp_path: Path):
     """Three producers send continuously to 30 users while the deployment is rescaled from
     4 to 6 to 3 shards by the real command, with the real shard runner following the map.
     Just before each switch the old shards that moved users leave (0-3 for 4 -> 6, 3-5 for
@@ -299,11 +357,12 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
     message lost or released twice), if the workers' order alarm counts a violation, if a
     shard is ever consumed by two workers or its worker restarts, if the runner does not
     start the new shards or restarts a removed one, or if a removed shard's worker does not
-    drain and exit."""
+    drain and exit. With shard hosts: if a host does not take the new shards, does not give
+    a removed one up once drained (its lease stays), or a host dies and is restarted."""
     started = time.monotonic()
     env = child_env(redis_url, SHARD_COUNT="4", SHARDLINE_HOME=str(tmp_path / "home"),
                     SHARD_MAP_REFRESH_S="0.5", AI_LATENCY_MS="10",
-                    AI_HANDLER="tests.handlers:gated")
+                    AI_HANDLER="tests.handlers:gated", **_runner_env(runtime))
     log_path = tmp_path / "runner.log"
     with open(log_path, "ab") as log:
         runner = subprocess.Popen([sys.executable, "-m", "deploy.shards"], env=env,
@@ -347,10 +406,10 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
         wait_until(lambda: delivered_count(rclient) >= total, 300, 0.2, what="every reply")
         # The rescale command returns once the removed shards' leases are released; their
         # processes exit, and the runner notices, a moment later.
-        wait_until(lambda: all(f"shard {s} worker exited 0 after the shard was removed"
-                               in log_path.read_text(errors="replace") for s in (3, 4, 5)),
-                   120, 0.2, what="the runner seeing the removed shards' workers exit 0")
-        workers_now = _shard_workers(runner)
+        wait_until(lambda: all(_retired_line(runtime, s) in log_path.read_text(errors="replace")
+                               for s in (3, 4, 5)),
+                   120, 0.2, what="the removed shards let go")
+        workers_now = _consumers(runtime, runner, rclient, 6)
         watcher.close()
     finally:
         for p in producers:
@@ -368,15 +427,17 @@ def test_rescale_4_to_6_to_3_under_load(redis_url, rclient, tmp_path: Path):
         for _, entry in rclient.xrange(keys.outbox(user)):
             node, _, pid = entry["worker"].rpartition(":")
             pids[node].add(pid)
-    assert sorted(node.partition("@")[0] for node in pids) == [f"shard-{s}" for s in range(6)]
+    nodes = [f"shard-{s}" for s in range(6)] if runtime == "solo" else [
+        f"host-{h}" for h in range(HOSTS)]
+    assert sorted(node.partition("@")[0] for node in pids) == nodes
     assert all(len(p) == 1 for p in pids.values()), pids
-    # The runner started shards 4 and 5, and let the removed 3..5 exit without a restart.
+    # The runner started shards 4 and 5, and let the removed 3..5 go without a restart.
     for shard in (4, 5):
-        assert f"starting a worker for shard {shard}" in runner_log
+        assert _started_line(runtime, shard) in runner_log
     for shard in (3, 4, 5):
-        assert f"shard {shard} worker exited 0 after the shard was removed" in runner_log
+        assert _retired_line(runtime, shard) in runner_log
         assert not rclient.exists(keys.shard_lease(shard))
-    assert "; restarting" not in runner_log, "a shard worker died and was restarted"
+    assert "; restarting" not in runner_log, "a shard worker or host died and was restarted"
     assert sorted(workers_now) == [0, 1, 2] and all(len(p) == 1 for p in workers_now.values())
     assert read_shard_map(rclient, 4) == ShardMap(3, 2)
     assert set(barrier_states(rclient, 1).values()) == {"released"}
@@ -397,7 +458,8 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
                                                                   tmp_path: Path):
     """A supervisord host generated by ``shardline supervisor-config`` for shards 0-3 is
     rescaled to 6, then 3, with ``--supervisor`` while a producer sends. Breaks if the config
-    is not rewritten for the new count (or loses the file's --no-workloads/--no-beat choice),
+    is not rewritten for the new count (or loses the file's --no-workloads/--no-beat/--runtime
+    choice),
     if supervisorctl reread/update is not run (the shard processes would not follow), if a
     shrink reloads before the removed shards drained (their messages would be lost), or if
     any user's replies end up out of order, missing or duplicated."""
@@ -409,8 +471,8 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
     conf = home / "supervisord.conf"
     conf.write_text(subprocess.run(
         [str(bin_dir / "shardline"), "supervisor-config", "--range", "0-3", "--no-workloads",
-         "--no-beat"], env=env, cwd=PROJECT_DIR, capture_output=True, text=True,
-        check=True).stdout)
+         "--no-beat", "--runtime", "solo"], env=env, cwd=PROJECT_DIR, capture_output=True,
+        text=True, check=True).stdout)
     with open(home / "supervisord.out", "ab") as out:
         supervisord = subprocess.Popen([str(bin_dir / "supervisord"), "-c", str(conf)],
                                        env=env, cwd=PROJECT_DIR, stdout=out,
@@ -433,6 +495,7 @@ def test_rescale_with_supervisor_rewrites_and_reloads_the_config(redis_url, rcli
                 seen.update((pid, process) for pid in pids if (process := _process(pid)))
             first_line = conf.read_text().splitlines()[0]
             assert f"--range 0-{count - 1} --no-workloads --no-beat" in first_line
+            assert "--runtime solo" in first_line
             assert "[program:workloads]" not in conf.read_text()
         time.sleep(2.0)
         producer.stop.set()
