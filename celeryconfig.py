@@ -2,7 +2,7 @@
 
 ``settings`` holds shardline's own options; the lowercase module attributes below it are
 Celery's settings, derived from ``settings``. Every variable, its default and its meaning
-is listed in the README's configuration table.
+is listed in the configuration table, docs/configuration.md.
 """
 
 from __future__ import annotations

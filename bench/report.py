@@ -144,7 +144,7 @@ def results(machine: dict[str, Any], shards: Sequence[DrainResult],
                    "hosts_cpu_over_solo_cpu": round(hosts_cpu / solo_cpu, 2)},
         "ratio_method": "median over rounds of the ratio within each round (the two sides "
                         "of a ratio alternate, so other load on the machine hits both)",
-        #: Reference rows now: the bench does not fail on them (see the README).
+        #: Reference rows now: the bench does not fail on them (see docs/benchmark.md).
         "retired_targets": {"shards_over_naive": ORDERED_TARGET,
                             "batched_over_plain": PUBLISH_TARGET},
         "targets": {"hosts_cpu_ms_per_task": "<= 4 solo shard workers' (median of rounds)"},

@@ -6,8 +6,8 @@ messages of a shard at once) by default, or one solo worker per shard.
 
 ``--failover``: Redis is a master, a replica and three sentinels (``REDIS_URL=sentinel://...``),
 with ``REDIS_WAIT_REPLICAS=1`` on the workers and the producers; instead of Redis crashes the
-suite runs ``--failovers`` (2) ``SENTINEL FAILOVER``s. The README promises nothing lost,
-duplicated or reordered under the option, and the line must show that.
+suite runs ``--failovers`` (2) ``SENTINEL FAILOVER``s. docs/production-redis.md promises nothing
+lost, duplicated or reordered under the option, and the line must show that.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def worker_env(params: ChaosParams) -> dict[str, str]:
     }
 
 
-#: What a Sentinel deployment sets (README, "Production Redis"): the wait option, and a lease
+#: What a Sentinel deployment sets (docs/production-redis.md): the wait option, and a lease
 #: that outlives the seconds Sentinel takes to demote the old master.
 FAILOVER_ENV = {"REDIS_WAIT_REPLICAS": "1", "SHARD_LEASE_TTL_S": "30"}
 

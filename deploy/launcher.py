@@ -84,7 +84,7 @@ def redis_for(settings: Any) -> Iterator[str]:
 
 #: Said once by the launcher when it runs as root, instead of by every worker it starts.
 ROOT_NOTICE = ("shardline: running as root; Celery's workers warn about it (SecurityWarning), "
-               "once here for all of them: see README, \"Running as root\"")
+               "once here for all of them: see docs/running.md, \"Running as root\"")
 
 
 def child_env(redis_url: str, **overrides: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ from shardhost.solo_retire import RetireStep
 from shardhost.step import ShardHostStep
 
 if celeryconfig.settings.root_warning == "once":
-    # Started by the launcher, which said it once for all its workers (README, "Running as
+    # Started by the launcher, which said it once for all its workers (docs/running.md, "Running as
     # root"); otherwise each worker repeats the same 7 lines.
     warnings.filterwarnings("ignore", message=r"\s*You're running the worker with superuser",
                             category=SecurityWarning)

@@ -4,7 +4,7 @@
 Each test runs ``SENTINEL FAILOVER`` twice while a producer sends numbered messages for a few
 users and the relay sends the replies to a fake Telegram, then drains and counts, per user,
 replies missing, duplicated and out of order, and replies the relay sent twice; it holds to the
-README's promise ("Production Redis": what a failover can lose): with
+promise in docs/production-redis.md (what a failover can lose): with
 ``REDIS_WAIT_REPLICAS=1`` nothing is lost, duplicated, reordered or sent twice; without it
 nothing is duplicated in the outbox or reordered, and what was lost or sent twice is reported.
 Each also reports the time from a failover to the first reply written after it.
@@ -37,7 +37,8 @@ from tests.test_relay import TOKEN, FakeTelegram
 SHARDS = 2
 USERS = 6
 #: Longer than Sentinel takes to demote the old master (about 10 s after the promotion), as
-#: the README asks of a Sentinel deployment: renewals sent to the old master meanwhile are lost.
+#: docs/production-redis.md asks of a Sentinel deployment: renewals sent to the old master
+#: meanwhile are lost.
 LEASE_TTL_S = 30
 
 
@@ -227,7 +228,7 @@ def test_no_reply_lost_or_doubled_across_two_failovers_with_wait(
 
 def test_without_wait_order_holds_and_losses_are_counted(
         group: SentinelGroup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the option the README promises less: replies in the outbox are never doubled or
+    """Without the option the docs promise less: replies in the outbox are never doubled or
     reordered, but acknowledged publishes and replies may be lost (counted, not bounded).
     Fails if a failover makes a worker exit or write a user's replies out of order."""
     count, _, _ = run_failovers(group, tmp_path, "solo", 0, monkeypatch)

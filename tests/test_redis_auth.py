@@ -1,5 +1,6 @@
 """Redis with a password and an ACL user: refused credentials fail at once and clearly, a
-deployment runs under the smallest ACL the README gives, and no output shows a password."""
+deployment runs under the smallest ACL docs/production-redis.md gives, and no output shows a
+password."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tests.harness import WorkerSet, producer_for, wait_until
 PASSWORD = "pw-9c41d7e2a0b3f5"
 WRONG = "pw-wrong-5e8a1c"
 BIN = Path(sys.executable).parent
-#: The README's smallest ACL for a shardline user (test_readme_gives_this_acl keeps them one).
+#: The smallest ACL for a shardline user in docs/production-redis.md (test_readme_gives_this_acl
+#: keeps them one).
 ACL_RULES = ("~* &* -@all +@read +@write +@keyspace +@pubsub +@scripting +@transaction "
              "+@connection -@dangerous +time")
 
@@ -99,12 +101,12 @@ def test_status_of_an_unreachable_redis_hides_the_password(tmp_path: Path):
 
 
 def test_readme_gives_this_acl():
-    """Fails if the README's ACL and the one tested below drift apart."""
-    assert ACL_RULES in (PROJECT_DIR / "README.md").read_text()
+    """Fails if the documented ACL and the one tested below drift apart."""
+    assert ACL_RULES in (PROJECT_DIR / "docs" / "production-redis.md").read_text()
 
 
 def test_smallest_acl_runs_workers_producers_and_the_cli(acl_server, tmp_path: Path):
-    """Fails if the README's smallest ACL lacks a command or key a worker, a producer or the
+    """Fails if the documented smallest ACL lacks a command or key a worker, a producer or the
     CLI needs: the reply or the job never comes, the CLI fails, or Redis logs a denial."""
     admin = redis.Redis.from_url(_url(acl_server, f":{PASSWORD}"), decode_responses=True)
     admin.flushall()
@@ -137,7 +139,8 @@ def test_smallest_acl_runs_workers_producers_and_the_cli(acl_server, tmp_path: P
         workers.stop_all()
         producer.close()
         client.close()
-    # CLIENT SETINFO: redis-py names its connections, and ignores a refusal (see the README).
+    # CLIENT SETINFO: redis-py names its connections, and ignores a refusal (see
+    # docs/production-redis.md).
     denials = [entry for entry in admin.execute_command("ACL", "LOG")
                if entry["object"] != "client"]
     admin.close()
