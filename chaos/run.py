@@ -104,9 +104,13 @@ def run_chaos(params: ChaosParams, work_dir: Path) -> ChaosResult:
                            hosts=params.hosts, concurrency=params.concurrency,
                            sentinel=params.sentinel)
     cluster.start()
-    if params.sentinel:  # this process's producers publish as the deployment is configured
-        celeryconfig.settings = dataclasses.replace(
-            celeryconfig.settings, redis_wait_replicas=1, shard_count=params.shards)
+    # This process's producers publish as the deployment is configured: its Redis (the
+    # router's send_task reads the shard map from REDIS_URL's Redis) and its shard count.
+    # Put back afterwards: a test process runs other tests after this one.
+    own_settings = celeryconfig.settings
+    celeryconfig.settings = dataclasses.replace(
+        celeryconfig.settings, redis_url=cluster.url, shard_count=params.shards,
+        redis_wait_replicas=1 if params.sentinel else celeryconfig.settings.redis_wait_replicas)
     app = producer_app(cluster.url)
     producers = Producers(app, users=params.users, threads=params.producer_threads,
                           pause_s=params.pause_s, scripted=params.sentinel)
@@ -141,6 +145,7 @@ def run_chaos(params: ChaosParams, work_dir: Path) -> ChaosResult:
         producers.stop()
         app.close()
         cluster.stop()
+        celeryconfig.settings = own_settings
 
 
 def _drain(client: redis.Redis, total: int, timeout_s: float) -> None:
