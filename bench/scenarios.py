@@ -5,6 +5,7 @@ Everything started here is stopped here (context managers), on success and on er
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -45,8 +46,14 @@ def producer(url: str, shard_count: int) -> Celery:
 
 @contextmanager
 def fresh_redis(work_dir: Path, name: str) -> Iterator[tuple[EmbeddedRedis, redis.Redis]]:
-    """A new private redis-server on a free port (never the machine's 6379), then stopped."""
-    server = EmbeddedRedis(work_dir / name / "redis")
+    """A new private redis-server on a free port (never the machine's 6379), then stopped.
+
+    Empty: a data directory left by an earlier server of the same name is removed first (its
+    append-only file would bring back that run's keys, among them the publish dedup claims
+    that make a repeated message id a duplicate)."""
+    data_dir = work_dir / name / "redis"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = EmbeddedRedis(data_dir)
     server.start()
     client = redis.Redis.from_url(server.url, decode_responses=True)
     try:
