@@ -164,6 +164,7 @@ class ShardHost:
                     slot.cond.wait(WAIT_S)
                     continue
                 room, busy, generation = slot.room(), slot.busy_users(), slot.generation
+                seen = slot.changes
                 assert slot.lease is not None
                 token = slot.lease.token
             if take_unsure:
@@ -198,8 +199,7 @@ class ShardHost:
                     log.warning("shard %s: waiting for messages failed (%s)", slot.shard, exc)
                     self.stopping.wait(0.5)
             else:  # every message in the window waits behind a running one of its user
-                with slot.cond:
-                    slot.cond.wait(WAIT_S)
+                slot.wait_for_change(seen, WAIT_S)
 
     def _put_back_untracked(self, slot: HostedShard, ops: ShardQueue, token: str,
                             generation: int) -> bool:

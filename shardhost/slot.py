@@ -46,6 +46,9 @@ class HostedShard:
         self.closed = False
         #: Monotonic time since which the shard map no longer gives this shard to this host.
         self.unwanted_since: float | None = None
+        #: Counts every change a waiting consumer must see (a run ended, the lease came or
+        #: went, the shard closed): see :meth:`wait_for_change`.
+        self.changes = 0
 
     # ---- read under ``cond`` ----
     def room(self) -> int:
@@ -62,7 +65,7 @@ class HostedShard:
         with self.cond:
             self.lease = lease
             self.generation += 1
-            self.cond.notify_all()
+            self._changed()
 
     def lost(self, generation: int) -> bool:
         """Give up generation ``generation`` (no-op if already given up); True if it was."""
@@ -72,7 +75,7 @@ class HostedShard:
             self.lease = None
             self.abandoned += len(self.running)
             self.running.clear()
-            self.cond.notify_all()
+            self._changed()
             return True
 
     def start(self, raw: bytes, user: str | None, generation: int) -> Run:
@@ -97,7 +100,7 @@ class HostedShard:
                 del self.running[run.raw]
             else:
                 self.abandoned -= 1
-            self.cond.notify_all()
+            self._changed()
 
     def may_acquire(self) -> bool:
         with self.cond:
@@ -110,7 +113,19 @@ class HostedShard:
     def close(self) -> None:
         with self.cond:
             self.closed = True
-            self.cond.notify_all()
+            self._changed()
+
+    def wait_for_change(self, seen: int, timeout_s: float) -> None:
+        """Wait until something changed since :attr:`changes` was ``seen`` (at most
+        ``timeout_s``). A run that ended between the reading and this call does not wait:
+        the consumer read ``seen`` before its take, and that run's user may be takeable now."""
+        with self.cond:
+            if self.changes == seen:
+                self.cond.wait(timeout_s)
+
+    def _changed(self) -> None:  # under ``cond``
+        self.changes += 1
+        self.cond.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -19,8 +19,9 @@ why that is safe:
   pipeline, keyed by user (and a user never runs on two threads at once); the barrier's one
   piece of memory (the epoch counts) is behind a lock;
 * the metrics recorder (``tasks.instrumentation``): per-task state in dicts keyed by task id
-  (one GIL-atomic operation each), counts in Redis; the process's one recorder is built under
-  a lock (it was not: threads starting their first tasks at once could each build one).
+  (one GIL-atomic operation each), the figures not yet written behind a lock, counts in
+  Redis; the process's one recorder is built under a lock (it was not: threads starting
+  their first tasks at once could each build one).
 
 ``test_registry_is_built_once_and_shared_by_a_hosts_threads`` runs them all at once.
 """
@@ -51,6 +52,7 @@ from routing.queues import SEND_AI_RESPONSE, shard_queue
 from services.registry import start_services, stop_services
 from shardhost.launcher import host_worker_argv
 from shardhost.lease import ShardLease
+from shardhost.slot import HostedShard
 from tests.handlers import GATE_PREFIX
 from tests.harness import RUNTIMES, WorkerSet, wait_until
 
@@ -629,6 +631,23 @@ def test_threads_starting_their_first_tasks_at_once_share_one_metrics_recorder(r
         instrumentation._recorder = None
         stop_services()
     assert split == 0, f"{split} of 200 trials built more than one recorder"
+
+
+def test_a_run_ending_during_a_take_wakes_the_consumer(rclient):
+    """A consumer reads the shard's busy users, takes (a round trip), finds only messages of
+    busy users and waits for a run to end. Breaks if a run that ended during the take is
+    missed and the consumer sleeps its whole wait (``WAIT_S``) while that run's user's next
+    message is takeable: in a 200 x 5 burst at 200 ms that cost a quarter of the throughput
+    and stretched a user's replies up to 1.5 s apart. The wait is made 10 minutes here."""
+    slot = HostedShard(0, concurrency=2)
+    slot.acquired(ShardLease(rclient, 0, ttl_s=30.0))
+    run = slot.start(b"m1", "u1", slot.generation)
+    seen = slot.changes  # read with the busy users, before the take
+    slot.finished(run)  # u1's run ends while the take is in Redis
+    waiter = threading.Thread(target=slot.wait_for_change, args=(seen, 600.0), daemon=True)
+    waiter.start()
+    waiter.join(30)
+    assert not waiter.is_alive(), "the consumer sleeps through a run that ended during its take"
 
 
 # ---- K gates a shard ------------------------------------------------------------------------
