@@ -14,6 +14,7 @@ import pytest
 from deploy.launcher import wait_for_workers
 from routing import ChatMessage, keys, queue_for, send
 from routing.queues import shard_of_queue
+from services import breaker as breaker_module
 from services.breaker import BreakerState, CircuitBreaker
 from services.redis_client import connect
 from tests.handlers import CALLS, FAIL_ALL
@@ -88,3 +89,23 @@ def test_open_breaker_makes_the_worker_wait_without_burning_attempts(producer, w
     shown = subprocess.run([sys.executable, "-m", "cli.main", "breaker"], env=workers.env,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "closed" in shown.stdout, shown
+
+
+def test_a_failure_here_ends_the_trust_in_a_closed_breaker(redis_url, monkeypatch):
+    """Breaks if a breaker this process has just opened still lets calls through because it
+    trusted the closed state it read before (``TRUST_CLOSED_S``, made long here so that only
+    the failure can end the trust), or if the trust outlives an operator's reset."""
+    monkeypatch.setattr(breaker_module, "TRUST_CLOSED_S", 60.0)
+    a = CircuitBreaker(connect(redis_url), "trust", failures=1, open_s=30.0, poll_s=0.02)
+    assert a.call(lambda: "ok") == "ok"  # closed, no failure: trusted from here on
+    with pytest.raises(Boom):
+        a.call(_fail)  # the one failure opens it
+    calls: list[int] = []
+    caller = threading.Thread(target=a.call, args=(lambda: calls.append(1),), daemon=True)
+    caller.start()
+    caller.join(1.0)
+    assert caller.is_alive() and not calls, "a call went through an open breaker"
+    assert a.status().state is BreakerState.OPEN
+    a.reset()
+    caller.join(30)
+    assert calls == [1]
