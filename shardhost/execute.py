@@ -11,7 +11,6 @@ of the shard it came from (``shardhost.fence``).
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from typing import Any
 
@@ -23,7 +22,7 @@ import celeryconfig
 from routing.envelope import USER_HEADER
 from services.conversation import Fence
 from shardhost.fence import running_under
-from shardhost.transport import dead_letter_raw, envelope_problem
+from shardhost.transport import dead_letter_raw, envelope_problem, read_envelope
 from tasks.consumer import Poison, dead_letter, preflight
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,7 @@ def user_of(payload: dict[str, Any] | None) -> str | None:
 
 def parse(raw: bytes) -> dict[str, Any] | None:
     """The envelope of ``raw``, or None when it is not one (it is dead-lettered on run)."""
-    if envelope_problem(raw) is not None:
-        return None
-    payload: dict[str, Any] = json.loads(raw)
-    return payload
+    return read_envelope(raw)[0]
 
 
 def as_message(payload: dict[str, Any], queue: str) -> Message:

@@ -58,14 +58,24 @@ log = logging.getLogger(__name__)
 
 def envelope_problem(item: Any) -> str | None:
     """Why kombu could not deliver the raw list item ``item``, or ``None`` if it can."""
+    return read_envelope(item)[1]
+
+
+def read_envelope(item: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(the envelope, None) of a raw list item kombu can deliver, else (None, why not)."""
     try:
         text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
     except UnicodeDecodeError:
-        return "list item is not UTF-8"
+        return None, "list item is not UTF-8"
     try:
         payload = json.loads(text)
     except ValueError as exc:
-        return f"list item is not JSON: {exc}"
+        return None, f"list item is not JSON: {exc}"
+    problem = _envelope_shape_problem(payload)
+    return (None, problem) if problem else (payload, None)
+
+
+def _envelope_shape_problem(payload: Any) -> str | None:
     if not isinstance(payload, dict):
         return f"list item is JSON {type(payload).__name__}, not a kombu envelope object"
     props = payload.get("properties")
