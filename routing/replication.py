@@ -12,12 +12,18 @@ cannot vanish in a failover. With ``n = 0`` callers send the write alone, as bef
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 from redis.sentinel import SentinelConnectionPool
+
+#: Seconds a write keeps being sent until REDIS_WAIT_REPLICAS replicas hold it
+#: (:func:`replicated_within_budget`): longer than Sentinel takes to demote an old master (it
+#: waits about 8 s after the promotion) and to elect again.
+REPLICATION_BUDGET_S = 60.0
 
 
 class NotReplicated(redis.ConnectionError):
@@ -39,6 +45,22 @@ def replicated(client: redis.Redis, write: Callable[[Pipeline], Any], replicas: 
         raise NotReplicated(f"{acked} of the {replicas} replicas required (REDIS_WAIT_REPLICAS) "
                             f"acknowledged the write within {timeout_ms} ms")
     return replies
+
+
+def replicated_within_budget(client: redis.Redis, write: Callable[[Pipeline], Any],
+                             replicas: int, timeout_ms: int) -> list[Any]:
+    """:func:`replicated`, sent again until enough replicas hold the write (``write`` must be
+    idempotent). A failover is the usual cause: the old master keeps acknowledging until the
+    sentinels demote it (and close its clients); the write then lands on the new master.
+    Raises after :data:`REPLICATION_BUDGET_S`."""
+    deadline = time.monotonic() + REPLICATION_BUDGET_S
+    while True:
+        try:
+            return replicated(client, write, replicas, timeout_ms)
+        except (redis.ConnectionError, redis.TimeoutError):  # NotReplicated included
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def follow_master(client: redis.Redis) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from routing import keys
-from routing.replication import NotReplicated, replicated
+from routing.replication import replicated_within_budget
 from services.ai.base import Turn
 
 # KEYS: done, history, outbox, feed, shard lease ('' when not fenced)
@@ -44,11 +44,6 @@ redis.call('XADD', KEYS[4], '*', 'user', ARGV[3], 'id', id)
 redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[1]))
 return id
 """
-
-
-#: Seconds a commit keeps trying to reach REDIS_WAIT_REPLICAS replicas: longer than Sentinel
-#: takes to demote an old master (it waits about 8 s after the promotion) and to elect again.
-REPLICATION_BUDGET_S = 60.0
 
 
 class Fenced(Exception):
@@ -100,29 +95,17 @@ class ConversationStore:
         args: list[str | int] = [self.done_ttl_s, self.history_limit, user, json.dumps(turns),
                                  json.dumps(fields), fence.token if fence else ""]
         if self.wait_replicas:
-            result = self._replicated_commit(script_keys, args)
+            # Sent again until replicated: on the new master after a failover, the
+            # done-marker says whether it is already there.
+            [result] = replicated_within_budget(
+                self.redis, lambda pipe: self._commit(keys=script_keys, args=args, client=pipe),
+                self.wait_replicas, self.wait_timeout_ms)
         else:
             result = self._commit(keys=script_keys, args=args)
         if result == 0:
             raise Fenced(f"the shard lease {fence.lease_key if fence else ''} is no longer "
                          f"this worker's: reply to task {task_id} not written")
         return str(result) if result else None
-
-    def _replicated_commit(self, script_keys: list[str], args: list[str | int]) -> Any:
-        """The commit, sent again until enough replicas hold it. A failover is the usual
-        cause: the old master keeps acknowledging until the sentinels demote it (and close
-        its clients); the commit then lands on the new master, where the done-marker says
-        whether it is already there. Gives up (raises) after REPLICATION_BUDGET_S."""
-        deadline = time.monotonic() + REPLICATION_BUDGET_S
-        while True:
-            try:
-                return replicated(self.redis, lambda pipe: self._commit(
-                    keys=script_keys, args=args, client=pipe),
-                    self.wait_replicas, self.wait_timeout_ms)[0]
-            except (NotReplicated, redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
 
     def outbox(self, user: str, count: int | None = None) -> list[dict[str, str]]:
         """The user's outbox entries, oldest first, each with its stream ``id``."""

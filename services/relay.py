@@ -38,8 +38,7 @@ import httpx
 import redis
 
 from routing import keys
-from routing.replication import NotReplicated, replicated
-from services.conversation import REPLICATION_BUDGET_S
+from routing.replication import NotReplicated, replicated, replicated_within_budget
 from services.relay_pacing import ChatPacer
 
 log = logging.getLogger(__name__)
@@ -191,15 +190,7 @@ class TelegramRelay:
                 pipe.hset(keys.RELAY_DELIVERED, user, entry_id)
             pipe.xack(keys.OUTBOX_FEED, keys.RELAY_GROUP, feed_id)
 
-        deadline = time.monotonic() + REPLICATION_BUDGET_S
-        while True:
-            try:
-                replicated(self.redis, write, self.wait_replicas, self.wait_timeout_ms)
-                return
-            except (redis.ConnectionError, redis.TimeoutError):  # NotReplicated included
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        replicated_within_budget(self.redis, write, self.wait_replicas, self.wait_timeout_ms)
 
     # ---- Telegram side ----------------------------------------------------------------------
 
