@@ -79,14 +79,16 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)]
 
 
-def check_order(client: redis.Redis, expected: dict[str, int]) -> OrderReport:
-    """Compare each user's outbox with ``expected`` (user -> number of ordered messages)."""
+def check_order(client: redis.Redis, expected: dict[str, int], *,
+                number: str = "seq") -> OrderReport:
+    """Compare each user's outbox with ``expected`` (user -> number of ordered messages); each
+    entry's place in its user's order is its field ``number`` (0, 1, ...)."""
     report = OrderReport()
     for user, count in expected.items():
         report.expected += count
         entries: list[tuple[str, dict[str, str]]] = client.xrange(  # type: ignore[assignment]
             keys.outbox(user))
-        seqs = [int(fields["seq"]) for _, fields in entries if "seq" in fields]
+        seqs = [int(fields[number]) for _, fields in entries if number in fields]
         report.answered += len(set(seqs))
         report.duplicated += len(seqs) - len(set(seqs))
         report.missing += count - len(set(seqs) & set(range(count)))

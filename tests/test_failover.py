@@ -24,6 +24,7 @@ import pytest
 import redis
 
 import celeryconfig
+from cli.chatload import check_order
 from deploy.launcher import wait_for_workers
 from deploy.sentinel_group import SentinelGroup
 from routing import ChatMessage, PublishFailed, keys, send
@@ -94,14 +95,9 @@ def sent_twice(telegram: FakeTelegram) -> int:
 
 
 def count_replies(client: redis.Redis, sent: dict[str, int]) -> Count:
-    count = Count()
-    for user, n in sent.items():
-        entries: Any = client.xrange(keys.outbox(user))
-        ids = [int(fields["message_id"]) for _, fields in entries]
-        count.duplicated += len(ids) - len(set(ids))
-        count.missing += len(set(range(n)) - set(ids))
-        count.reordered += sum(1 for a, b in zip(ids, ids[1:], strict=False) if b <= a)
-    return count
+    report = check_order(client, sent, number="message_id")  # message ids are 0, 1, ...
+    return Count(missing=report.missing, duplicated=report.duplicated,
+                 reordered=report.violations)
 
 
 def first_reply_after(client: redis.Redis, users: list[str], at: float) -> float | None:
