@@ -24,6 +24,16 @@ def plot_scale(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _powers_of_two_axes(ax: Any, xs: list[int], xlabel: str, ylabel: str) -> None:
+    """A log2 x axis ticked at ``xs``, a y axis from 0, a light grid."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+
+
 def _hosted_panel(ax: Any, curve: dict[str, Any]) -> None:
     points = curve["points"]
     shards = [p["shards"] for p in points]
@@ -33,12 +43,8 @@ def _hosted_panel(ax: Any, curve: dict[str, Any]) -> None:
             label="ideal: shards / latency")
     ax.plot(shards, [p["busiest_shard_msgs_per_s"] for p in points], linestyle=":",
             color="tab:green", label="the burst's busiest shard allows (K = 1)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(shards, [str(n) for n in shards])
-    ax.set_xlabel("shards hosted by one process (K = 1, a worker thread per shard)")
-    ax.set_ylabel("msgs/s")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
+    _powers_of_two_axes(ax, shards, "shards hosted by one process (K = 1, a worker thread per "
+                        "shard)", "msgs/s")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"one shard host, L = {curve['latency_ms']} ms, {curve['users']} users",
                  fontsize=10)
@@ -58,12 +64,7 @@ def _solo_panel(ax: Any, data: dict[str, Any]) -> None:
     naive = data["ordered_throughput"]["naive_prefork_c4"]["tasks_per_s"]
     ax.axhline(naive, color="tab:gray", linestyle=":",
                label=f"1 prefork worker -c 4 on one queue: {naive:.0f}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(workers, [str(w) for w in workers])
-    ax.set_xlabel("shard workers (SHARD_COUNT)")
-    ax.set_ylabel("ordered tasks/s (no-op AI)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
+    _powers_of_two_axes(ax, workers, "shard workers (SHARD_COUNT)", "ordered tasks/s (no-op AI)")
 
     cores = ax.twinx()
     cores.plot(workers, [p["cpu_cores_busy"] for p in points], marker="s", color="tab:orange",
